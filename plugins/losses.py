@@ -1,0 +1,72 @@
+"""General losses: pixel losses, SSIM (MONAI) and the adversarial criteria."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import toolbox
+
+
+class CharbonnierLoss(torch.nn.Module):
+    """Charbonnier loss sqrt((x - y)^2 + eps^2): L1 that is smooth at zero."""
+
+    def __init__(self, eps: float = 1e-3):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, prediction, target):
+        return torch.sqrt((prediction - target) ** 2 + self.eps**2).mean()
+
+
+class SSIMLoss(torch.nn.Module):
+    """1 - SSIM (MONAI ``SSIMLoss``) with an explicit data range (1.0 for normalised data)."""
+
+    def __init__(self, spatial_dims: int = 2, data_range: float = 1.0, win_size: int = 7):
+        super().__init__()
+        from monai.losses import SSIMLoss as MonaiSSIMLoss
+
+        self.loss = MonaiSSIMLoss(spatial_dims=spatial_dims, data_range=data_range, win_size=win_size)
+
+    def forward(self, prediction, target):
+        return self.loss(prediction.float(), target.float())
+
+
+class AdversarialLoss(torch.nn.Module):
+    """Adversarial criterion on raw logits: ``bce`` (with logits), ``lsgan`` or ``hinge``.
+
+    Called ``loss(logits, target_is_real, for_discriminator)`` like MONAI's
+    ``PatchAdversarialLoss``; unlike it, BCE works on logits (stable, and safe under
+    autocast) and hinge is the standard one (no tanh).  ``real_label`` < 1 gives one-sided
+    label smoothing for the discriminator (DCGAN-style 0.9).
+    """
+
+    def __init__(self, mode: str = "bce", real_label: float = 1.0):
+        super().__init__()
+        if mode not in ("bce", "lsgan", "hinge"):
+            raise ValueError(f"mode must be bce, lsgan or hinge, got {mode!r}")
+        self.mode = mode
+        self.real_label = real_label
+
+    def forward(self, logits, target_is_real: bool, for_discriminator: bool = True):
+        if isinstance(logits, (list, tuple)):
+            return sum(self.forward(x, target_is_real, for_discriminator) for x in logits) / len(logits)
+        logits = logits.float()
+        if self.mode == "hinge":
+            if not for_discriminator:
+                return -logits.mean()
+            return F.relu(1 - logits).mean() if target_is_real else F.relu(1 + logits).mean()
+        label = (self.real_label if for_discriminator else 1.0) if target_is_real else 0.0
+        target = torch.full_like(logits, label)
+        if self.mode == "bce":
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.mse_loss(logits, target)
+
+
+@toolbox.hookimpl
+def register_losses(register):
+    register("l1", torch.nn.L1Loss, aliases=("mae",))
+    register("mse", torch.nn.MSELoss, aliases=("l2",))
+    register("charbonnier", CharbonnierLoss)
+    register("ssim", SSIMLoss)
+    register("gan", AdversarialLoss, aliases=("adversarial",))

@@ -1,0 +1,95 @@
+"""Synthetic noise models on normalised images (0..1 = the recipe's intensity window).
+
+Each model is ``noise(clean, generator) -> noisy``; the generator is the only source of
+randomness.  A level given as ``[low, high]`` is drawn per sample (uniformly), so a model
+learns to denoise blind to the level, as ADL and most practical denoisers train.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import toolbox
+
+
+def _level(value, generator: torch.Generator) -> float:
+    if isinstance(value, (list, tuple)):
+        low, high = float(value[0]), float(value[1])
+        return low + (high - low) * float(torch.rand((), generator=generator))
+    return float(value)
+
+
+def _check_level(name: str, value, positive=True) -> None:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, (list, tuple)) and (len(values) != 2 or values[0] > values[1]):
+        raise ValueError(f"{name} as a range must be [low, high], got {value!r}")
+    if any((v <= 0 if positive else v < 0) for v in values):
+        raise ValueError(f"{name} must be {'positive' if positive else 'non-negative'}, got {value!r}")
+
+
+class GaussianNoise:
+    """Additive white Gaussian noise, ``sigma`` in normalised units (or a [low, high] range).
+
+    ``clip: true`` clips the result to 0..1, as 8-bit images are (the pix2pix CT seed).
+    """
+
+    def __init__(self, sigma=0.1, clip: bool = False):
+        _check_level("sigma", sigma, positive=False)
+        self.sigma, self.clip = sigma, clip
+
+    def __call__(self, clean, generator):
+        sigma = _level(self.sigma, generator)
+        noisy = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+        return noisy.clamp(0, 1) if self.clip else noisy
+
+
+class PoissonNoise:
+    """Shot noise: counts ~ Poisson(peak * clean), returned as counts / peak.
+
+    ``peak`` is the photon count at intensity 1 (lower = noisier), or a [low, high] range.
+    """
+
+    def __init__(self, peak=30.0):
+        _check_level("peak", peak)
+        self.peak = peak
+
+    def __call__(self, clean, generator):
+        peak = _level(self.peak, generator)
+        return torch.poisson(clean.clamp(min=0) * peak, generator=generator) / peak
+
+
+class PoissonGaussianNoise:
+    """Shot noise plus read-out noise (microscopy cameras): Poisson(peak) then Gaussian(sigma)."""
+
+    def __init__(self, peak=30.0, sigma=0.02):
+        _check_level("peak", peak)
+        _check_level("sigma", sigma, positive=False)
+        self.poisson = PoissonNoise(peak)
+        self.sigma = sigma
+
+    def __call__(self, clean, generator):
+        shot = self.poisson(clean, generator)
+        sigma = _level(self.sigma, generator)
+        return shot + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+
+
+class RicianNoise:
+    """Rician noise of magnitude MR: |clean + n1 + i n2| with n1, n2 ~ N(0, sigma)."""
+
+    def __init__(self, sigma=0.05):
+        _check_level("sigma", sigma, positive=False)
+        self.sigma = sigma
+
+    def __call__(self, clean, generator):
+        sigma = _level(self.sigma, generator)
+        real = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+        imag = sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+        return torch.sqrt(real**2 + imag**2)
+
+
+@toolbox.hookimpl
+def register_noise_models(register):
+    register("gaussian", GaussianNoise, aliases=("awgn",))
+    register("poisson", PoissonNoise)
+    register("poisson_gaussian", PoissonGaussianNoise)
+    register("rician", RicianNoise)

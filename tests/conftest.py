@@ -1,0 +1,86 @@
+"""Shared fixtures: small real CT data, tiny recipes, and plugins registered for one test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def small_ct(tmp_path_factory) -> Path:
+    """Crops of the bundled real CT slices (HU): train/ (two 96x96) and val/ (one 72x88)."""
+    root = tmp_path_factory.mktemp("small_ct")
+    head = np.asarray(nib.load(str(SAMPLES / "ct" / "train" / "head.nii.gz")).dataobj)[..., 0]
+    abdomen = np.asarray(nib.load(str(SAMPLES / "ct" / "train" / "abdomen.nii.gz")).dataobj)[..., 0]
+    spine = np.asarray(nib.load(str(SAMPLES / "ct" / "test" / "spine.nii.gz")).dataobj)[..., 0]
+    crops = {
+        "train/head.nii.gz": head[200:296, 150:246],
+        "train/abdomen.nii.gz": abdomen[220:316, 200:296],
+        "val/spine.nii.gz": spine[200:272, 210:298],
+    }
+    for name, crop in crops.items():
+        path = root / name
+        path.parent.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(crop.astype(np.int16)[:, :, None], np.eye(4)), str(path))
+    return root
+
+
+def tiny_recipe(data_root: Path, **sections) -> dict:
+    """A recipe that trains the pix2pix pair at toy size in a couple of seconds."""
+    recipe = {
+        "name": "tiny",
+        "seed": 3,
+        "data": {
+            "train": str(data_root / "train"),
+            "val": str(data_root / "val"),
+            "spatial_dims": 2,
+            "normalize": {"type": "window", "low": -1000, "high": 1000},
+            "patch_size": [32, 32],
+            "noise": {"type": "gaussian", "sigma": 0.1},
+        },
+        "generator": {"type": "pix2pix_unet", "num_downs": 5, "base_filters": 4},
+        "discriminator": {"type": "patchgan", "base_filters": 4},
+        "losses": {"pix": {"type": "l1", "weight": 100}, "adv": {"type": "gan", "mode": "bce"}},
+        "optimizers": {
+            "generator": {"type": "adam", "lr": 1e-3, "betas": [0.5, 0.999]},
+            "discriminator": {"type": "adam", "lr": 1e-3, "betas": [0.5, 0.999]},
+        },
+        "scheme": {"type": "paired_gan"},
+        "train": {"steps": 2, "batch_size": 2, "device": "cpu", "val_every": 1,
+                  "log_every": 1, "checkpoint_every": 1},
+    }
+    for key, value in sections.items():
+        recipe[key] = value
+    return recipe
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def plugin_for_one_test():
+    """Register an in-process plugin for this test only: ``plugin_for_one_test(module)``."""
+    from toolbox.plugins import register_plugin, unregister_plugin
+
+    added = []
+
+    def add(plugin):
+        register_plugin(plugin)
+        added.append(plugin)
+        return plugin
+
+    yield add
+    for plugin in added:
+        unregister_plugin(plugin)

@@ -1,0 +1,48 @@
+"""Checkpoints: written atomically, read without unpickling code (``weights_only=True``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from toolbox.errors import ToolboxError
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` and rename the file into place only once it is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ToolboxError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure means "not a safe checkpoint"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ToolboxError(
+            f"{path}: not a loadable toolbox checkpoint ({reason[:160]}); checkpoints are read "
+            "with weights_only=True, so files that carry pickled code are refused"
+        ) from error
+    if not isinstance(payload, dict) or "recipe" not in payload:
+        raise ToolboxError(f"{path}: not a toolbox checkpoint (no recipe inside)")
+    return payload

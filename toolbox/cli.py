@@ -1,0 +1,201 @@
+"""The ``toolbox`` command line: thin, heavy imports inside the commands.
+
+A user error (``ToolboxError``) prints one line ``Error: ...`` and exits with status 2;
+set ``TOOLBOX_DEBUG=1`` to see the traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from toolbox.errors import ToolboxError
+
+KIND_NAMES = ("generators", "discriminators", "losses", "optimizers", "noise_models", "readers", "schemes")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _warn_failed_plugins() -> None:
+    from toolbox.plugins import get_state
+
+    for name, info in get_state().infos.items():
+        if info.error:
+            _stderr(f"Warning: plugin '{name}' not loaded: {info.error}")
+
+
+def cmd_run(args) -> int:
+    from toolbox.recipe import load_recipe
+    from toolbox.train import run_training
+
+    _warn_failed_plugins()
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir, report = run_training(recipe, args.out)
+    print(f"Run folder: {run_dir}  (mean PSNR {report['mean']['psnr_noisy']:.2f} -> "
+          f"{report['mean']['psnr']:.2f} dB on held-out images)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from toolbox.plugins import get_registry
+
+    registry = get_registry()
+    kinds = [args.kind] if args.kind else list(KIND_NAMES)
+    for kind in kinds:
+        if kind not in KIND_NAMES:
+            from toolbox.registry import did_you_mean
+
+            raise ToolboxError(
+                f"Unknown kind '{kind}'.{did_you_mean(kind, KIND_NAMES)} Kinds: {', '.join(KIND_NAMES)}"
+            )
+    listing = {kind: registry.components(kind) for kind in kinds}
+    if args.json:
+        print(json.dumps({
+            kind: {
+                name: {"plugin": c.plugin, "aliases": list(c.aliases), "summary": c.summary,
+                       "options": {k: (None if v is ... else repr(v)) for k, v in c.options().items()
+                                   if k not in ("spatial_dims", "in_channels", "out_channels", "params", "parts")}}
+                for name, c in table.items()
+            } for kind, table in listing.items()
+        }, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for kind, table in listing.items():
+        view = Table(title=kind, title_justify="left")
+        view.add_column("name")
+        view.add_column("plugin")
+        view.add_column("aliases")
+        view.add_column("what it is")
+        for name, c in table.items():
+            view.add_row(name, c.plugin, ", ".join(c.aliases), c.summary)
+        console.print(view)
+    _warn_failed_plugins()
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from toolbox.plugins import get_state
+
+    infos = get_state().infos
+    if args.json:
+        print(json.dumps([
+            {"name": i.name, "version": i.version, "source": i.source, "hooks": i.hooks, "error": i.error}
+            for i in infos.values()
+        ], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title="plugins", title_justify="left")
+    for column in ("name", "version", "source", "hooks", "status"):
+        view.add_column(column)
+    for i in infos.values():
+        view.add_row(i.name, i.version, i.source, ", ".join(i.hooks),
+                     f"[red]not loaded: {i.error}" if i.error else "ok")
+    Console().print(view)
+    return 0
+
+
+def cmd_recipe_check(args) -> int:
+    import torch
+
+    from toolbox.recipe import load_recipe
+    from toolbox.scheme import Parts
+
+    _warn_failed_plugins()
+    from toolbox.plugins import get_registry
+
+    for path in args.recipes:
+        recipe = load_recipe(path, args.overrides)
+        # Build every part on the CPU (no data is read, nothing is trained).
+        parts = Parts(recipe.data, recipe.source, torch.device("cpu"))
+        scheme = get_registry().build("schemes", recipe["scheme"], recipe.source, "scheme", parts=parts)
+        data = recipe["data"]
+        registry = get_registry()
+        if data.get("noise"):
+            registry.build("noise_models", data["noise"], recipe.source, "data.noise")
+        if data.get("reader"):
+            registry.build("readers", data["reader"], recipe.source, "data.reader")
+        counts = ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"
+                           for k, m in scheme.modules().items())
+        print(f"OK {path}: scheme {recipe['scheme']['type']}; {counts}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from toolbox import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="toolbox", description="Adversarial denoising of medical and scientific images."
+    )
+    parser.add_argument("--version", action="version", version=f"toolbox {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train (and evaluate) what a recipe describes")
+    run.add_argument("recipe", help="a YAML recipe, e.g. recipes/pix2pix_ct.yaml")
+    run.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
+                     help="override recipe values, e.g. train.steps=10")
+    run.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
+    run.set_defaults(func=cmd_run)
+
+    lister = sub.add_parser("list", help="registered components of one kind or all kinds")
+    lister.add_argument("kind", nargs="?", help=", ".join(KIND_NAMES))
+    lister.add_argument("--json", action="store_true")
+    lister.set_defaults(func=cmd_list)
+
+    plugins = sub.add_parser("plugins", help="installed plugins, their hooks and versions")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
+
+    recipe = sub.add_parser("recipe", help="recipe tools")
+    recipe_sub = recipe.add_subparsers(dest="recipe_command", metavar="SUBCOMMAND")
+    check = recipe_sub.add_parser("check", help="validate recipes and build every part, no training")
+    check.add_argument("recipes", nargs="+")
+    check.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY.PATH=VALUE")
+    check.set_defaults(func=cmd_recipe_check)
+    recipe.set_defaults(func=lambda args: (recipe.print_help(), 2)[1])
+    return parser, sub
+
+
+def _add_plugin_commands(sub) -> None:
+    from toolbox.plugins import get_state
+
+    get_state().manager.hook.register_commands(cli=sub)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = os.environ.get("TOOLBOX_DEBUG") not in (None, "", "0")
+    try:
+        parser, sub = build_parser()
+        # Plugin commands are added only when the command is not a built-in one, so that
+        # `toolbox --help` and the built-ins stay fast and survive a broken plugin.
+        builtin = {"run", "list", "plugins", "recipe"}
+        first = next((a for a in argv if not a.startswith("-")), None)
+        if first is not None and first not in builtin:
+            _add_plugin_commands(sub)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except ToolboxError as error:
+        if debug:
+            raise
+        _stderr(f"Error: {error}")
+        return 2
+    except KeyboardInterrupt:
+        _stderr("Interrupted.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

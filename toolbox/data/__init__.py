@@ -1,0 +1,1 @@
+"""Reading images, intensity normalisation, patches and datasets (MONAI based)."""

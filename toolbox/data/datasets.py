@@ -1,0 +1,184 @@
+"""Training patches and held-out images, built from a recipe's ``data`` section.
+
+Every random choice of sample ``i`` (which image, where to crop, flips, the noise) comes
+from generators seeded with ``(seed, i)``.  Sample ``i`` is therefore the same whatever
+the number of workers or processes, and a resumed run sees exactly the samples it would
+have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolbox.data.normalize import Normalizer, fit_normalizer
+from toolbox.data.readers import list_images, read_image
+from toolbox.errors import ToolboxError
+
+
+@dataclass
+class HeldOut:
+    """One whole held-out image: clean and noisy, normalised, plus its normaliser."""
+
+    name: str
+    clean: torch.Tensor  # (C, *spatial)
+    noisy: torch.Tensor
+    normalizer: Normalizer
+
+
+def _pad_to(array: np.ndarray, size) -> np.ndarray:
+    pads = [(0, 0)] + [(0, max(0, s - a)) for a, s in zip(array.shape[1:], size)]
+    if any(p[1] for p in pads):
+        mode = "reflect" if all(a > 1 for a in array.shape[1:]) else "edge"
+        try:
+            return np.pad(array, pads, mode=mode)
+        except ValueError:  # reflect needs the image larger than the pad
+            return np.pad(array, pads, mode="edge")
+    return array
+
+
+def _sample_generators(seed: int, index: int) -> tuple[np.random.Generator, torch.Generator]:
+    rng = np.random.default_rng([seed, index])
+    noise = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    return rng, noise
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Random patches of normalised clean images with synthetic noise: {input, target}.
+
+    Or, for paired data, the same crop of a noisy image and its clean counterpart.
+    """
+
+    def __init__(self, clean, patch_size, seed, noise=None, noisy=None, augment=True, length=None):
+        self.clean = clean  # list of float32 arrays (C, *spatial), normalised
+        self.noisy = noisy  # same shapes, or None for synthetic noise
+        self.patch_size = tuple(patch_size)
+        self.seed = seed
+        self.noise = noise
+        self.augment = augment
+        sizes = np.array([float(np.prod(a.shape[1:])) for a in clean])
+        self.weights = sizes / sizes.sum()  # large images give proportionally more patches
+        self.length = length or 2**31 - 1
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        rng, noise_generator = _sample_generators(self.seed, index)
+        which = int(rng.choice(len(self.clean), p=self.weights))
+        clean = _pad_to(self.clean[which], self.patch_size)
+        noisy = _pad_to(self.noisy[which], self.patch_size) if self.noisy is not None else None
+        starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(clean.shape[1:], self.patch_size)]
+        window = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(starts, self.patch_size))
+        clean = clean[window]
+        noisy = noisy[window] if noisy is not None else None
+        if self.augment:
+            # Flips along every axis and (in-plane) 90-degree turns when the patch is square.
+            for axis in range(1, clean.ndim):
+                if rng.random() < 0.5:
+                    clean = np.flip(clean, axis)
+                    noisy = np.flip(noisy, axis) if noisy is not None else None
+            if self.patch_size[-1] == self.patch_size[-2]:
+                turns = int(rng.integers(0, 4))
+                clean = np.rot90(clean, turns, axes=(-2, -1))
+                noisy = np.rot90(noisy, turns, axes=(-2, -1)) if noisy is not None else None
+        target = torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32))
+        if noisy is None:
+            source = self.noise(target, noise_generator).float()
+        else:
+            source = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32))
+        return {"input": source, "target": target}
+
+
+@dataclass
+class DataBundle:
+    train: PatchDataset
+    held_out: list[HeldOut]
+    spatial_dims: int
+    channels: int
+    normalize_note: str
+
+
+def _read_all(paths, data: dict, reader, what: str):
+    files = list_images(paths, what)
+    return [read_image(f, data["spatial_dims"], data["channels"], reader) for f in files]
+
+
+def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
+    from toolbox.plugins import get_registry
+
+    registry = get_registry()
+    data = recipe["data"]
+    reader = registry.build("readers", data["reader"], source, "data.reader") if data.get("reader") else None
+    noise = registry.build("noise_models", data["noise"], source, "data.noise") if data.get("noise") else None
+    seed = int(recipe["seed"])
+    norm_spec = data["normalize"]
+    patch = data["patch_size"]
+
+    paired = data.get("paired") or {}
+    if paired:
+        noisy_train, clean_train = _read_paired(paired, "train", data, reader)
+        noisy_val, clean_val = (
+            _read_paired(paired, "val", data, reader) if paired.get("val_noisy") else ([], [])
+        )
+    else:
+        clean_train = _read_all(data["train"], data, reader, "data.train")
+        clean_val = _read_all(data["val"], data, reader, "data.val") if data.get("val") else []
+        noisy_train, noisy_val = None, None
+
+    train_arrays, train_noisy = [], [] if noisy_train is not None else None
+    for index, image in enumerate(clean_train):
+        # Paired data: normalise both with the noisy image's statistics, as at inference.
+        reference = noisy_train[index].array if noisy_train is not None else image.array
+        normalizer = fit_normalizer(norm_spec, reference)
+        train_arrays.append(normalizer.forward(image.array).astype(np.float32))
+        if noisy_train is not None:
+            train_noisy.append(normalizer.forward(noisy_train[index].array).astype(np.float32))
+    train = PatchDataset(train_arrays, patch, seed, noise, train_noisy, data["augment"])
+
+    held_out = []
+    for index, image in enumerate(clean_val):
+        if noisy_val:
+            normalizer = fit_normalizer(norm_spec, noisy_val[index].array)
+            noisy = torch.from_numpy(normalizer.forward(noisy_val[index].array).astype(np.float32))
+            clean = torch.from_numpy(normalizer.forward(image.array).astype(np.float32))
+        else:
+            normalizer = fit_normalizer(norm_spec, image.array)
+            clean = torch.from_numpy(normalizer.forward(image.array).astype(np.float32))
+            generator = torch.Generator().manual_seed(int(data["val_seed"]) + index)
+            noisy = noise(clean, generator).float()
+        held_out.append(HeldOut(Path(image.path).name, clean, noisy, normalizer))
+    note = {
+        "window": f"window {norm_spec.get('low')}..{norm_spec.get('high')} -> 0..1",
+        "percentile": f"percentiles {norm_spec.get('low') or 0.5}..{norm_spec.get('high') or 99.5} -> 0..1",
+        "minmax": "min..max of each image -> 0..1",
+        "none": "raw values",
+    }[norm_spec.get("type", "percentile")]
+    return DataBundle(train, held_out, data["spatial_dims"], data["channels"], note)
+
+
+def _read_paired(paired: dict, split: str, data: dict, reader):
+    noisy_files = list_images(paired.get(f"{split}_noisy"), f"data.paired.{split}_noisy")
+    clean_files = list_images(paired.get(f"{split}_clean"), f"data.paired.{split}_clean")
+    clean_by_name = {f.name: f for f in clean_files}
+    missing = [f.name for f in noisy_files if f.name not in clean_by_name]
+    if missing:
+        raise ToolboxError(
+            f"data.paired.{split}_clean: no clean image named like the noisy "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (pairs match by file name)"
+        )
+    noisy, clean = [], []
+    for f in noisy_files:
+        n = read_image(f, data["spatial_dims"], data["channels"], reader)
+        c = read_image(clean_by_name[f.name], data["spatial_dims"], data["channels"], reader)
+        if n.array.shape != c.array.shape:
+            raise ToolboxError(
+                f"{f}: shape {n.array.shape[1:]} differs from its clean image "
+                f"{clean_by_name[f.name]} {c.array.shape[1:]}"
+            )
+        noisy.append(n)
+        clean.append(c)
+    return noisy, clean

@@ -1,0 +1,104 @@
+"""The whole plugin API of toolbox: one hook a kind of part, each with its factory contract.
+
+A plugin is a module (or object) with functions marked ``@toolbox.hookimpl`` whose names
+are the hooks below.  Built-in plugins (``toolbox_plugins.*``) are written exactly like
+third-party ones; a third-party package is found through the entry-point group
+``denoise_toolbox``.
+
+Every registration hook receives ``register(name, factory, aliases=(), example=None)`` and
+may call it as often as it likes:
+
+- ``name``: the recipe's ``type:`` value; lower case, unique across all plugins (a
+  duplicate is an error that names both plugins).
+- ``factory``: a callable returning the part.  Its keyword arguments are the recipe
+  options; they are checked against its signature before anything is built.
+- ``aliases``: other names accepted for the same factory.
+- ``example``: small keyword arguments that build a cheap instance, used by the contract
+  tests (``tests/test_contract.py``) that run every registered part in 2D and 3D.
+
+What the core injects, when the factory accepts a parameter of that name:
+``spatial_dims`` (2 or 3), ``in_channels``, ``out_channels`` for networks; ``params`` for
+optimizers.  The recipe key ``weight`` of a loss is the core's (the loss's weight in the
+total) and never reaches the factory.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("toolbox")
+
+
+@hookspec
+def register_generators(register):
+    """Register denoisers / generators.
+
+    ``factory(spatial_dims, in_channels, out_channels, **options) -> torch.nn.Module``.
+    ``forward(x)`` maps a batch ``(N, in_channels, *spatial)`` to ``(N, out_channels,
+    *spatial)`` (or to a larger spatial size for super-resolution).  A network with several
+    outputs (deep supervision) returns a tuple whose first item is the full-size image.
+    The network should accept any spatial size (pad and crop back if it needs a multiple).
+    """
+
+
+@hookspec
+def register_discriminators(register):
+    """Register discriminators / critics.
+
+    ``factory(spatial_dims, in_channels, **options) -> torch.nn.Module`` returning logits
+    (no sigmoid): a score map ``(N, 1, *patch_grid)``, a score ``(N, 1)``, or a list whose
+    last item is the logits.  ``in_channels`` is chosen by the scheme (a conditional scheme
+    passes input and output channels concatenated).
+    """
+
+
+@hookspec
+def register_losses(register):
+    """Register losses.
+
+    ``factory(**options) -> torch.nn.Module``.  A pixel / content loss is called
+    ``loss(prediction, target)``; an adversarial criterion is called
+    ``loss(logits, target_is_real: bool, for_discriminator: bool)`` (MONAI's
+    ``PatchAdversarialLoss`` convention).  Both return a scalar tensor.
+    """
+
+
+@hookspec
+def register_optimizers(register):
+    """Register optimizers: ``factory(params, **options) -> torch.optim.Optimizer``."""
+
+
+@hookspec
+def register_noise_models(register):
+    """Register noise models for synthetic noisy / clean pairs.
+
+    ``factory(**options) -> callable(clean, generator) -> noisy`` where ``clean`` is a
+    tensor ``(C, *spatial)`` in normalised units (the recipe's ``data.normalize``) and
+    ``generator`` a ``torch.Generator`` that is the only source of randomness, so that a
+    seed reproduces the noise exactly.
+    """
+
+
+@hookspec
+def register_readers(register):
+    """Register image readers: ``factory(**options) -> monai.data.ImageReader``."""
+
+
+@hookspec
+def register_schemes(register):
+    """Register training schemes (how one generator step is made).
+
+    ``factory(parts, **options) -> toolbox.Scheme``.  ``parts`` (``toolbox.scheme.Parts``)
+    builds the recipe's generator, discriminator, losses and optimizers on request and
+    holds the device and mixed-precision settings.  The training loop calls
+    ``scheme.train_step(batch, step)`` and knows nothing else about the method.
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Add subcommands to the ``toolbox`` CLI.
+
+    ``cli`` is the argparse sub-parsers object: ``parser = cli.add_parser("name",
+    help=...)``, add arguments, then ``parser.set_defaults(func=callable(args) -> int)``.
+    """

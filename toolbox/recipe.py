@@ -1,0 +1,336 @@
+"""Recipes: strict YAML, no code.  Unknown keys are errors that name the file and key path.
+
+A recipe names each part as ``{type: NAME, ...options}``; the part's options are checked
+against the registered factory (``toolbox.registry``), everything else against ``SCHEMA``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from toolbox.errors import RecipeError
+from toolbox.registry import did_you_mean
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.yaml_implicit_resolvers = copy.deepcopy(yaml.SafeLoader.yaml_implicit_resolvers)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise RecipeError(f"not valid YAML{where}: {problem}", source) from error
+
+
+# -- schema ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Value:
+    types: tuple
+    default: Any = None
+    required: bool = False
+    choices: tuple = ()
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Part:
+    kind: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class PartMap:
+    kind: str
+
+
+@dataclass(frozen=True)
+class Section:
+    fields: dict
+    required: bool = False
+    absent_is_none: bool = False  # an optional section left out stays None (not defaults)
+
+
+PATHS = (str, list)
+NUMBER = (int, float)
+
+SCHEMA = Section(
+    {
+        "name": Value((str,), help="a short name for the run folder"),
+        "description": Value((str,)),
+        "seed": Value((int,), default=0),
+        "data": Section(
+            {
+                "train": Value(PATHS, help="clean training images: folder(s) or file(s)"),
+                "val": Value(PATHS, help="held-out clean images for validation"),
+                "paired": Section(
+                    {
+                        "train_noisy": Value(PATHS),
+                        "train_clean": Value(PATHS),
+                        "val_noisy": Value(PATHS),
+                        "val_clean": Value(PATHS),
+                    },
+                    absent_is_none=True,
+                ),
+                "spatial_dims": Value((int,), default=2, choices=(2, 3)),
+                "channels": Value((int,), default=1),
+                "normalize": Section(
+                    {
+                        "type": Value((str,), default="percentile",
+                                      choices=("window", "percentile", "minmax", "none")),
+                        "low": Value(NUMBER),
+                        "high": Value(NUMBER),
+                    },
+                ),
+                "patch_size": Value((list,), required=True),
+                "noise": Part("noise_models"),
+                "reader": Part("readers"),
+                "augment": Value((bool,), default=True),
+                "val_seed": Value((int,), default=12345),
+            },
+            required=True,
+        ),
+        "generator": Part("generators", required=True),
+        "discriminator": Part("discriminators"),
+        "losses": PartMap("losses"),
+        "optimizers": PartMap("optimizers"),
+        "scheme": Part("schemes", required=True),
+        "train": Section(
+            {
+                "steps": Value((int,), required=True, help="generator steps"),
+                "batch_size": Value((int,), default=4),
+                "device": Value((str,), default="auto", choices=("auto", "cpu", "cuda")),
+                "amp": Value((bool, str), default=False, choices=(False, True, "bf16", "fp16")),
+                "val_every": Value((int,), default=100),
+                "log_every": Value((int,), default=10),
+                "checkpoint_every": Value((int,), default=100),
+                "num_workers": Value((int,), default=0),
+                "val_overlap": Value((float, int), default=0.25),
+                "val_max_images": Value((int,), default=0, help="0 = all"),
+            },
+            required=True,
+        ),
+    },
+    required=True,
+)
+
+
+def _type_name(types: tuple) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true/false",
+             list: "a list", dict: "a mapping"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _validate(node, schema, source: str, path: str):
+    if isinstance(schema, Value):
+        if node is None:
+            if schema.required:
+                raise RecipeError("is required", source, path)
+            return copy.deepcopy(schema.default)
+        ok = isinstance(node, schema.types) and not (
+            isinstance(node, bool) and bool not in schema.types
+        )
+        if float in schema.types and isinstance(node, int) and not isinstance(node, bool):
+            ok = True
+            node = float(node)
+        if not ok:
+            raise RecipeError(
+                f"expected {_type_name(schema.types)}, got {node!r}", source, path
+            )
+        if schema.choices and node not in schema.choices:
+            raise RecipeError(
+                f"{node!r} is not one of {', '.join(map(str, schema.choices))}", source, path
+            )
+        return node
+    if isinstance(schema, (Part, PartMap)):
+        if node is None:
+            if isinstance(schema, Part) and schema.required:
+                raise RecipeError("is required: give {type: NAME, ...}", source, path)
+            return {} if isinstance(schema, PartMap) else None
+        if isinstance(schema, Part):
+            if isinstance(node, str):
+                node = {"type": node}
+            if not isinstance(node, dict):
+                raise RecipeError("expected a mapping {type: NAME, ...options}", source, path)
+            return node
+        if not isinstance(node, dict):
+            raise RecipeError("expected a mapping of name: {type: NAME, ...}", source, path)
+        return {
+            key: _validate(value, Part(schema.kind, required=True), source, f"{path}.{key}")
+            for key, value in node.items()
+        }
+    # Section
+    if node is None:
+        if schema.required:
+            raise RecipeError("is required", source, path or None)
+        if schema.absent_is_none:
+            return None
+        node = {}
+    if not isinstance(node, dict):
+        raise RecipeError("expected a mapping", source, path or None)
+    result = {}
+    for key in node:
+        if key not in schema.fields:
+            raise RecipeError(
+                f"unknown key '{key}'.{did_you_mean(str(key), schema.fields)} "
+                f"Allowed here: {', '.join(schema.fields)}.",
+                source, f"{path}.{key}" if path else str(key),
+            )
+    for key, sub in schema.fields.items():
+        result[key] = _validate(node.get(key), sub, source, f"{path}.{key}" if path else key)
+    return result
+
+
+# -- overrides -------------------------------------------------------------------------------
+def apply_override(recipe: dict, assignment: str, source: str) -> None:
+    """Apply ``key.path=value``; the value is parsed as YAML (never evaluated)."""
+    if "=" not in assignment:
+        raise RecipeError(
+            f"override '{assignment}' must look like key.path=value", "command line"
+        )
+    dotted, text = assignment.split("=", 1)
+    keys = [k for k in dotted.strip().split(".")]
+    if not all(keys):
+        raise RecipeError(f"override '{assignment}' has an empty key", "command line")
+    value = parse_yaml(text, f"command line override '{assignment}'")
+    node = recipe
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if isinstance(child, str) and depth == len(keys) - 2:  # `generator: unet` shorthand
+            child = node[key] = {"type": child}
+        if not isinstance(child, dict):
+            raise RecipeError(
+                f"cannot set '{dotted}': '{'.'.join(keys[:depth + 1])}' is not a mapping",
+                "command line",
+            )
+        node = child
+    node[keys[-1]] = value
+
+
+# -- paths -----------------------------------------------------------------------------------
+def _resolve_paths(value, base: Path):
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_resolve_paths(v, base) for v in value]
+    path = Path(str(value)).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+# -- public ----------------------------------------------------------------------------------
+@dataclass
+class Recipe:
+    data: dict
+    source: str  # file name, for error messages
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.data, sort_keys=False)
+
+
+def load_recipe(path, overrides=(), check_parts: bool = True) -> Recipe:
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise RecipeError(f"no such recipe file (looked in {path.resolve().parent})", source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(f"cannot read: {error}", source) from error
+    raw = parse_yaml(text, source)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError("a recipe must be a mapping of sections (data, generator, ...)", source)
+    for assignment in overrides:
+        apply_override(raw, assignment, source)
+    return validate(raw, source, base=path.resolve().parent, check_parts=check_parts)
+
+
+def validate(raw: dict, source: str, base: Path | None = None, check_parts: bool = True) -> Recipe:
+    data = _validate(raw, SCHEMA, source, "")
+    base = base or Path.cwd()
+    section = data["data"]
+    for key in ("train", "val"):
+        section[key] = _resolve_paths(section.get(key), base)
+    if section.get("paired"):
+        section["paired"] = {k: _resolve_paths(v, base) for k, v in section["paired"].items()}
+    _check_data(section, source)
+    if check_parts:
+        check_parts_against_registry(data, source)
+    return Recipe(data, source)
+
+
+def _check_data(section: dict, source: str) -> None:
+    dims = section["spatial_dims"]
+    patch = section["patch_size"]
+    if len(patch) != dims or not all(isinstance(p, int) and p > 0 for p in patch):
+        raise RecipeError(
+            f"expected {dims} positive integers (one per spatial axis), got {patch!r}",
+            source, "data.patch_size",
+        )
+    has_paired = bool(section.get("paired"))
+    if not has_paired and not section.get("train"):
+        raise RecipeError("give data.train (clean images) or data.paired", source, "data")
+    if not has_paired and section.get("noise") is None:
+        raise RecipeError(
+            "synthetic pairs need a noise model, e.g. {type: gaussian, sigma: 0.1}",
+            source, "data.noise",
+        )
+    norm = section["normalize"]
+    if norm.get("type") == "window" and (norm.get("low") is None or norm.get("high") is None):
+        raise RecipeError("a window needs low and high", source, "data.normalize")
+    if norm.get("low") is not None and norm.get("high") is not None and norm["low"] >= norm["high"]:
+        raise RecipeError("low must be below high", source, "data.normalize")
+
+
+def check_parts_against_registry(data: dict, source: str) -> None:
+    """Every part's type exists and its options fit the factory (nothing is built)."""
+    from toolbox.plugins import get_registry
+
+    registry = get_registry()
+    net = ("spatial_dims", "in_channels", "out_channels")
+    registry.check("generators", data["generator"], source, "generator", injected=net)
+    if data.get("discriminator"):
+        registry.check("discriminators", data["discriminator"], source, "discriminator",
+                       injected=("spatial_dims", "in_channels"))
+    for name, spec in data["losses"].items():
+        registry.check("losses", spec, source, f"losses.{name}")
+        weight = spec.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise RecipeError(f"expected a number, got {weight!r}", source, f"losses.{name}.weight")
+    for name, spec in data["optimizers"].items():
+        registry.check("optimizers", spec, source, f"optimizers.{name}", injected=("params",))
+    registry.check("schemes", data["scheme"], source, "scheme", injected=("parts",))
+    if data["data"].get("noise") is not None:
+        registry.check("noise_models", data["data"]["noise"], source, "data.noise")
+    if data["data"].get("reader") is not None:
+        registry.check("readers", data["data"]["reader"], source, "data.reader")

@@ -1,0 +1,172 @@
+"""The public base of training schemes, and ``Parts``: what a scheme builds from the recipe.
+
+A scheme owns the method's logic (which losses, how many discriminator steps, ...); the
+training loop (``toolbox.train``) only calls ``train_step`` and saves ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from toolbox.errors import RecipeError
+
+
+@dataclass
+class WeightedLoss:
+    module: torch.nn.Module
+    weight: float
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return self.weight * self.module(*args, **kwargs)
+
+
+class Parts:
+    """Builds the recipe's parts on request, on the run's device.
+
+    ``generator()`` and ``discriminator(in_channels)`` are built once and cached;
+    ``losses()`` returns name -> ``WeightedLoss``; ``optimizer(role, params)`` builds the
+    optimizer the recipe gives under ``optimizers.<role>``.
+    """
+
+    def __init__(self, recipe: dict, source: str, device: torch.device, amp=False):
+        from toolbox.plugins import get_registry
+
+        self.recipe = recipe
+        self.source = source
+        self.device = device
+        self.spatial_dims = recipe["data"]["spatial_dims"]
+        self.channels = recipe["data"]["channels"]
+        self.registry = get_registry()
+        self.amp_dtype = _amp_dtype(amp, device)
+        # fp16 needs loss scaling; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+        self._generator = None
+        self._discriminator = None
+
+    def generator(self) -> torch.nn.Module:
+        if self._generator is None:
+            self._generator = self.registry.build(
+                "generators", self.recipe["generator"], self.source, "generator",
+                spatial_dims=self.spatial_dims, in_channels=self.channels,
+                out_channels=self.channels,
+            ).to(self.device)
+        return self._generator
+
+    def discriminator(self, in_channels: int) -> torch.nn.Module:
+        if self._discriminator is None:
+            spec = self.recipe.get("discriminator")
+            if not spec:
+                raise RecipeError(
+                    f"scheme '{self.recipe['scheme']['type']}' needs a discriminator",
+                    self.source, "discriminator",
+                )
+            self._discriminator = self.registry.build(
+                "discriminators", spec, self.source, "discriminator",
+                spatial_dims=self.spatial_dims, in_channels=in_channels,
+            ).to(self.device)
+        return self._discriminator
+
+    def losses(self) -> dict[str, WeightedLoss]:
+        built = {}
+        for name, spec in self.recipe["losses"].items():
+            module = self.registry.build("losses", spec, self.source, f"losses.{name}")
+            if isinstance(module, torch.nn.Module):
+                module = module.to(self.device)
+            built[name] = WeightedLoss(module, float(spec.get("weight", 1.0)))
+        return built
+
+    def optimizer(self, role: str, params) -> torch.optim.Optimizer:
+        specs = self.recipe["optimizers"]
+        if role not in specs:
+            raise RecipeError(
+                f"scheme '{self.recipe['scheme']['type']}' needs an optimizer for '{role}' "
+                f"(e.g. optimizers.{role}: {{type: adam, lr: 1e-4}})", self.source, "optimizers",
+            )
+        return self.registry.build(
+            "optimizers", specs[role], self.source, f"optimizers.{role}", params=params
+        )
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def _amp_dtype(amp, device: torch.device):
+    if amp in (False, None):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    # amp: true -> the usual choice for the device
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+class Scheme:
+    """Base class of training schemes.
+
+    Subclasses set ``self.generator`` (the network used for validation and inference),
+    register their networks and optimizers with ``self.track(...)``, and implement
+    ``train_step(batches, step) -> dict[str, float]`` (the logged loss terms, named like
+    ``l_g_pix``, ``l_g_adv``, ``l_d_real``, ``l_d_fake``).  ``batches`` holds
+    ``batches_per_step`` batches, each ``{"input": x, "target": y}`` on the device.
+    """
+
+    batches_per_step: int = 1
+
+    def __init__(self, parts: Parts):
+        self.parts = parts
+        self.generator: torch.nn.Module | None = None
+        self._modules: dict[str, torch.nn.Module] = {}
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def track(self, name: str, module_or_optimizer) -> None:
+        if isinstance(module_or_optimizer, torch.optim.Optimizer):
+            self._optimizers[name] = module_or_optimizer
+        else:
+            self._modules[name] = module_or_optimizer
+
+    def train_step(self, batches: list[dict], step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ---------------------------------------------------------
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Zero, backward (scaled under fp16), step."""
+        optimizer.zero_grad(set_to_none=True)
+        scaler = self.parts.scaler
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    @staticmethod
+    def requires_grad(module: torch.nn.Module, flag: bool) -> None:
+        for p in module.parameters():
+            p.requires_grad_(flag)
+
+    # -- state ---------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return dict(self._modules)
+
+    def state_dict(self) -> dict:
+        return {
+            "modules": {k: m.state_dict() for k, m in self._modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self._optimizers.items()},
+            "scaler": self.parts.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self._modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self._optimizers.items():
+            if k in state.get("optimizers", {}):
+                o.load_state_dict(state["optimizers"][k])
+        if state.get("scaler"):
+            self.parts.scaler.load_state_dict(state["scaler"])
+
+    def train(self, mode: bool = True) -> None:
+        for m in self._modules.values():
+            m.train(mode)

@@ -1,0 +1,269 @@
+"""The training loop: build every part, step the scheme, validate, log, checkpoint.
+
+It knows nothing about GANs: what one step does is the registered scheme's business.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolbox import __version__
+from toolbox.checkpoint import atomic_write, save_checkpoint
+from toolbox.errors import ToolboxError
+from toolbox.recipe import Recipe
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ToolboxError("train.device is 'cuda' but no CUDA device is visible; use auto or cpu")
+    return torch.device(name)
+
+
+def check_run_dir(out: str | None) -> None:
+    if out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise ToolboxError(f"{out}: the run folder exists and is not empty; pick another --out")
+
+
+def make_run_dir(recipe: Recipe, out: str | None, recipe_path: str) -> Path:
+    check_run_dir(out)
+    if out:
+        run_dir = Path(out)
+    else:
+        name = recipe.get("name") or Path(recipe_path).stem
+        run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = run_dir.with_name(f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+    except OSError as error:
+        raise ToolboxError(f"{run_dir}: cannot create the run folder ({error.strerror})") from error
+    return run_dir
+
+
+class MetricsLog:
+    """Metrics as JSON lines in the run folder (one object per event)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class EvalRow:
+    name: str
+    psnr_noisy: float
+    ssim_noisy: float
+    psnr: float
+    ssim: float
+
+
+def evaluate_held_out(generator, held_out, spatial_dims, roi, overlap, device, amp_dtype=None,
+                      limit: int = 0) -> list[EvalRow]:
+    from toolbox.infer import denoise_tensor
+    from toolbox.metrics import psnr_ssim
+
+    rows = []
+    for item in held_out[: limit or None]:
+        denoised = denoise_tensor(generator, item.noisy, roi, overlap, device=device,
+                                  autocast_dtype=amp_dtype)
+        pn, sn = psnr_ssim(item.noisy, item.clean, spatial_dims)
+        pd, sd = psnr_ssim(denoised, item.clean, spatial_dims)
+        rows.append(EvalRow(item.name, pn, sn, pd, sd))
+    return rows
+
+
+def mean(rows, attr):
+    return float(np.mean([getattr(r, attr) for r in rows])) if rows else float("nan")
+
+
+def _environment(device: torch.device) -> dict:
+    from toolbox.plugins import plugin_versions
+
+    return {
+        "toolbox": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "plugins": plugin_versions(),
+        "command": sys.argv,
+    }
+
+
+def _loader(dataset, batch_size: int, start_index: int, total: int, num_workers: int, seed: int):
+    # Indices run on from where the last step stopped: sample i is a pure function of
+    # (seed, i), so a resumed run sees the same samples as an uninterrupted one.
+    indices = range(start_index, total)
+    subset = torch.utils.data.Subset(dataset, indices)
+    return torch.utils.data.DataLoader(
+        subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        drop_last=True, persistent_workers=False,
+        worker_init_fn=lambda worker: seed_everything(seed + worker),
+    )
+
+
+def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[Path, dict]:
+    """Train what ``recipe`` describes; the run folder is created only once all parts built."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from toolbox.data.datasets import build_data
+    from toolbox.plugins import get_registry
+    from toolbox.scheme import Parts
+
+    console = console or Console()
+    check_run_dir(out)
+    config = recipe.data
+    train_cfg = config["train"]
+    seed = int(config["seed"])
+    seed_everything(seed)
+    device = pick_device(train_cfg["device"])
+
+    # Everything is built and checked before the first batch.
+    data = build_data(config, recipe.source)
+    if not data.held_out:
+        raise ToolboxError(f"{recipe.source}: give data.val (held-out images) to validate on")
+    parts = Parts(config, recipe.source, device, amp=train_cfg["amp"])
+    scheme = get_registry().build("schemes", config["scheme"], recipe.source, "scheme", parts=parts)
+    if scheme.generator is None:
+        raise ToolboxError(f"scheme '{config['scheme']['type']}' did not set its generator")
+    n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in scheme.modules().items()}
+    run_dir = make_run_dir(recipe, out, recipe.source)
+
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    run_info = {"seed": seed, "parameters": n_params, **_environment(device)}
+    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2), encoding="utf-8")
+    log = MetricsLog(run_dir / "metrics.jsonl")
+
+    roi = config["data"]["patch_size"]
+    overlap = float(train_cfg["val_overlap"])
+    dims = data.spatial_dims
+    limit = train_cfg["val_max_images"]
+    console.print(
+        f"[bold]toolbox run[/] {recipe.source} -> {run_dir}  device={device}  "
+        + "  ".join(f"{k}={v / 1e6:.2f}M params" for k, v in n_params.items())
+    )
+    baseline = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap, device,
+                                 parts.amp_dtype, limit)
+    log.write({"step": 0, "split": "val", "psnr_noisy": mean(baseline, "psnr_noisy"),
+               "ssim_noisy": mean(baseline, "ssim_noisy")})
+
+    steps = int(train_cfg["steps"])
+    batch_size = int(train_cfg["batch_size"])
+    per_step = int(getattr(scheme, "batches_per_step", 1))
+    loader = _loader(data.train, batch_size, 0, steps * per_step * batch_size,
+                     int(train_cfg["num_workers"]), seed)
+    best_psnr = -float("inf")
+    running: dict[str, float] = {}
+    started = time.time()
+
+    def checkpoint(name: str, step: int, extra: dict | None = None) -> None:
+        payload = {
+            "format": 1,
+            "step": step,
+            "recipe": config,
+            "scheme": scheme.state_dict(),
+            "generator": scheme.generator.state_dict(),
+            "toolbox_version": __version__,
+            **(extra or {}),
+        }
+        save_checkpoint(run_dir / "checkpoints" / f"{name}.pt", payload)
+
+    progress = Progress(
+        TextColumn("[bold blue]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+        console=console, transient=False,
+    )
+    scheme.train(True)
+    batches_iter = iter(loader)
+    with progress:
+        task = progress.add_task("train", total=steps, losses="")
+        for step in range(1, steps + 1):
+            batches = []
+            for _ in range(per_step):
+                batch = next(batches_iter)
+                batches.append({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+            terms = scheme.train_step(batches, step)
+            for key, value in terms.items():
+                if not np.isfinite(value):
+                    raise ToolboxError(
+                        f"training diverged at step {step}: {key} = {value}; lower the learning "
+                        "rate or check the data normalisation"
+                    )
+                running[key] = value if key not in running else 0.9 * running[key] + 0.1 * value
+            if step % train_cfg["log_every"] == 0 or step == steps:
+                log.write({"step": step, "split": "train", **terms,
+                           "seconds": round(time.time() - started, 2)})
+                progress.update(task, losses=" ".join(f"{k}={v:.4g}" for k, v in running.items()))
+            if step % train_cfg["val_every"] == 0 or step == steps:
+                rows = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap,
+                                         device, parts.amp_dtype, limit)
+                psnr, ssim = mean(rows, "psnr"), mean(rows, "ssim")
+                log.write({"step": step, "split": "val", "psnr": psnr, "ssim": ssim})
+                if psnr > best_psnr:
+                    best_psnr = psnr
+                    checkpoint("best", step, {"val_psnr": psnr, "val_ssim": ssim})
+                scheme.train(True)
+            if step % train_cfg["checkpoint_every"] == 0 or step == steps:
+                checkpoint("last", step)
+            progress.advance(task)
+
+    # Final report on every held-out image with the best checkpoint.
+    from toolbox.checkpoint import load_checkpoint
+
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    scheme.generator.load_state_dict(best["generator"])
+    rows = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap, device,
+                             parts.amp_dtype)
+    report = {
+        "data_range": 1.0,
+        "intensity": data.normalize_note,
+        "best_step": best["step"],
+        "images": [r.__dict__ for r in rows],
+        "mean": {k: mean(rows, k) for k in ("psnr_noisy", "ssim_noisy", "psnr", "ssim")},
+        "seconds": round(time.time() - started, 1),
+    }
+    atomic_write(run_dir / "eval.json",
+                 lambda tmp: tmp.write_text(json.dumps(report, indent=2), encoding="utf-8"))
+    print_report(report, console)
+    return run_dir, report
+
+
+def print_report(report: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"Held-out images (PSNR/SSIM, data range {report['data_range']} = {report['intensity']})"
+    )
+    for column in ("image", "PSNR noisy", "PSNR denoised", "gain dB", "SSIM noisy", "SSIM denoised"):
+        table.add_column(column, justify="left" if column == "image" else "right")
+    for r in report["images"]:
+        table.add_row(r["name"], f"{r['psnr_noisy']:.2f}", f"{r['psnr']:.2f}",
+                      f"{r['psnr'] - r['psnr_noisy']:+.2f}", f"{r['ssim_noisy']:.3f}", f"{r['ssim']:.3f}")
+    m = report["mean"]
+    table.add_row("[bold]mean", f"{m['psnr_noisy']:.2f}", f"{m['psnr']:.2f}",
+                  f"{m['psnr'] - m['psnr_noisy']:+.2f}", f"{m['ssim_noisy']:.3f}", f"{m['ssim']:.3f}")
+    console.print(table)
