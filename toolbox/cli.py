@@ -182,7 +182,14 @@ def main(argv=None) -> int:
         first = next((a for a in argv if not a.startswith("-")), None)
         if first is not None and first not in builtin:
             _add_plugin_commands(sub)
-        args = parser.parse_args(argv)
+        # Overrides may come before or after options (`run R --out X a.b=1`): argparse leaves
+        # the ones after an option unparsed, so collect them here.
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+                args.overrides = list(args.overrides) + extra
+            else:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -60,6 +60,14 @@ def make_run_dir(recipe: Recipe, out: str | None, recipe_path: str) -> Path:
     return run_dir
 
 
+def make_console():
+    """A rich console; logs and CI (not a terminal) get 120 columns so tables do not wrap."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
+
+
 class MetricsLog:
     """Metrics as JSON lines in the run folder (one object per event)."""
 
@@ -127,14 +135,13 @@ def _loader(dataset, batch_size: int, start_index: int, total: int, num_workers:
 
 def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[Path, dict]:
     """Train what ``recipe`` describes; the run folder is created only once all parts built."""
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from toolbox.data.datasets import build_data
     from toolbox.plugins import get_registry
     from toolbox.scheme import Parts
 
-    console = console or Console()
+    console = console or make_console()
     check_run_dir(out)
     config = recipe.data
     train_cfg = config["train"]
@@ -259,7 +266,7 @@ def print_report(report: dict, console) -> None:
         title=f"Held-out images (PSNR/SSIM, data range {report['data_range']} = {report['intensity']})"
     )
     for column in ("image", "PSNR noisy", "PSNR denoised", "gain dB", "SSIM noisy", "SSIM denoised"):
-        table.add_column(column, justify="left" if column == "image" else "right")
+        table.add_column(column, justify="left" if column == "image" else "right", no_wrap=True)
     for r in report["images"]:
         table.add_row(r["name"], f"{r['psnr_noisy']:.2f}", f"{r['psnr']:.2f}",
                       f"{r['psnr'] - r['psnr_noisy']:+.2f}", f"{r['ssim_noisy']:.3f}", f"{r['ssim']:.3f}")

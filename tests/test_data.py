@@ -1,0 +1,142 @@
+"""Reading, normalisation, patches and held-out sets on real bundled images."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from conftest import SAMPLES, tiny_recipe
+from toolbox.data.datasets import PatchDataset, build_data
+from toolbox.data.normalize import fit_normalizer
+from toolbox.data.readers import list_images, read_image
+from toolbox.errors import ToolboxError
+from toolbox.recipe import validate
+
+
+@pytest.mark.parametrize(
+    "path, dims, shape",
+    [
+        ("ct/train/head.nii.gz", 2, (1, 512, 512)),
+        ("xray/train/chest.tif", 2, None),
+        ("fluorescence/train/nuclei_left.tif", 2, None),
+        ("mr3d/mni_t1_2mm.nii.gz", 3, (1, 80, 96, 80)),
+    ],
+)
+def test_bundled_samples_read(path, dims, shape):
+    image = read_image(SAMPLES / path, dims)
+    assert image.array.dtype == np.float32 and image.array.ndim == dims + 1
+    if shape:
+        assert image.array.shape == shape
+    assert image.array.std() > 0
+
+
+def test_ct_sample_is_in_hounsfield_units():
+    image = read_image(SAMPLES / "ct" / "train" / "abdomen.nii.gz", 2)
+    assert image.array.min() == pytest.approx(-1024, abs=1)  # air
+    assert np.percentile(image.array, 99) > 100  # soft tissue and bone above water
+
+
+def test_16_bit_tiff_keeps_its_values(tmp_path):
+    values = (np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 20).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "x.tif", values)
+    image = read_image(tmp_path / "x.tif", 2)
+    assert image.array.max() == values.max() and sorted(image.array.shape[1:]) == [48, 64]
+
+
+def test_nan_voxels_are_refused_with_the_file_name(tmp_path):
+    data = np.ones((8, 8, 8), np.float32)
+    data[2, 3, 4] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "nan.nii.gz"))
+    with pytest.raises(ToolboxError, match=r"nan.nii.gz: 1 voxel\(s\) are NaN"):
+        read_image(tmp_path / "nan.nii.gz", 3)
+
+
+def test_truncated_file_is_one_clear_error(tmp_path):
+    good = (SAMPLES / "ct" / "train" / "head.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(good[: len(good) // 3])
+    with pytest.raises(ToolboxError, match="cut.nii.gz: cannot read this image"):
+        read_image(tmp_path / "cut.nii.gz", 2)
+
+
+def test_wrong_dimensionality_is_explained():
+    with pytest.raises(ToolboxError, match="a 2D model needs 2 spatial axes"):
+        read_image(SAMPLES / "mr3d" / "mni_t1_2mm.nii.gz", 2)
+
+
+def test_missing_folder_and_empty_folder(tmp_path):
+    with pytest.raises(ToolboxError, match="no such file or folder"):
+        list_images(tmp_path / "nope")
+    with pytest.raises(ToolboxError, match="no images"):
+        list_images(tmp_path)
+
+
+def test_window_and_percentile_normalisers_invert():
+    array = np.linspace(-1000, 2000, 1000, dtype=np.float32).reshape(1, 10, 100)
+    window = fit_normalizer({"type": "window", "low": -1000, "high": 1000}, array)
+    assert window.forward(array).max() == 1.0  # clipped like a display window
+    inside = array[array <= 1000]
+    assert np.allclose(window.inverse(window.forward(inside)), inside, atol=1e-3)
+    percentile = fit_normalizer({"type": "percentile"}, array)
+    assert np.allclose(percentile.inverse(percentile.forward(array)), array, atol=1e-2)
+
+
+def test_flat_image_does_not_divide_by_zero():
+    flat = np.full((1, 5, 5), 7.0, np.float32)
+    out = fit_normalizer({"type": "minmax"}, flat).forward(flat)
+    assert np.isfinite(out).all()
+
+
+def _noise(clean, generator):
+    return clean + 0.1 * torch.randn(clean.shape, generator=generator)
+
+
+def test_patch_samples_are_a_function_of_seed_and_index():
+    images = [np.random.default_rng(0).random((1, 40, 50), dtype=np.float32)]
+    a = PatchDataset(images, (16, 16), seed=1, noise=_noise)
+    b = PatchDataset(images, (16, 16), seed=1, noise=_noise)
+    c = PatchDataset(images, (16, 16), seed=2, noise=_noise)
+    assert torch.equal(a[7]["input"], b[7]["input"]) and torch.equal(a[7]["target"], b[7]["target"])
+    assert not torch.equal(a[7]["target"], c[7]["target"])
+    assert a[7]["input"].shape == (1, 16, 16)
+
+
+def test_images_smaller_than_the_patch_are_padded():
+    images = [np.random.default_rng(0).random((1, 10, 30), dtype=np.float32)]
+    sample = PatchDataset(images, (16, 16), seed=0, noise=_noise, augment=False)[0]
+    assert sample["target"].shape == (1, 16, 16)
+
+
+def test_build_data_from_a_recipe(small_ct):
+    checked = validate(tiny_recipe(small_ct), "test")
+    bundle = build_data(checked.data)
+    assert len(bundle.held_out) == 1
+    item = bundle.held_out[0]
+    assert item.name == "spine.nii.gz" and item.clean.shape == item.noisy.shape
+    # Held-out noise is fixed by data.val_seed: the same on every validation.
+    again = build_data(checked.data).held_out[0]
+    assert torch.equal(item.noisy, again.noisy)
+    sample = bundle.train[0]
+    assert sample["input"].shape == (1, 32, 32)
+
+
+def test_paired_folders_match_by_name(tmp_path, small_ct):
+    noisy, clean = tmp_path / "noisy", tmp_path / "clean"
+    noisy.mkdir(), clean.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        data = np.random.default_rng(len(name)).random((40, 40)).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(clean / name))
+        nib.save(nib.Nifti1Image(data + 0.1, np.eye(4)), str(noisy / name))
+    recipe = tiny_recipe(small_ct)
+    recipe["data"].pop("train"), recipe["data"].pop("val"), recipe["data"].pop("noise")
+    recipe["data"]["normalize"] = {"type": "minmax"}
+    recipe["data"]["paired"] = {"train_noisy": str(noisy), "train_clean": str(clean),
+                                "val_noisy": str(noisy), "val_clean": str(clean)}
+    bundle = build_data(validate(recipe, "test").data)
+    sample = bundle.train[0]
+    assert not torch.equal(sample["input"], sample["target"])
+    (clean / "b.nii.gz").unlink()
+    with pytest.raises(ToolboxError, match="no clean image named like the noisy b.nii.gz"):
+        build_data(validate(recipe, "test").data)

@@ -1,0 +1,110 @@
+"""Training schemes: what each network sees, how often each steps, what is logged."""
+
+from __future__ import annotations
+
+import torch
+
+import toolbox
+from conftest import tiny_recipe
+from toolbox.recipe import validate
+from toolbox.scheme import Parts
+
+
+class RecordingDiscriminator(torch.nn.Module):
+    """A real conv critic that records every input it is shown."""
+
+    def __init__(self, spatial_dims, in_channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, 1, 3, padding=1)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.conv(x)
+
+
+class Plugin:
+    @toolbox.hookimpl
+    def register_discriminators(self, register):
+        register("recording", RecordingDiscriminator)
+
+
+def _scheme(small_ct, **scheme):
+    recipe = tiny_recipe(small_ct)
+    recipe["discriminator"] = {"type": "recording"}
+    recipe["scheme"] = {"type": "paired_gan", **scheme}
+    checked = validate(recipe, "test")
+    parts = Parts(checked.data, "test", torch.device("cpu"))
+    return toolbox.build("schemes", checked["scheme"], parts=parts)
+
+
+def _batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(2, 1, 32, 32, generator=g)
+    return {"input": target + 0.1 * torch.randn(2, 1, 32, 32, generator=g), "target": target}
+
+
+def test_paired_gan_shows_d_input_target_pairs_and_input_output_pairs(small_ct, plugin_for_one_test):
+    plugin_for_one_test(Plugin())
+    scheme = _scheme(small_ct)
+    d = scheme.discriminator
+    batch = _batch(0)
+    terms = scheme.train_step([batch], 1)
+    real, fake, for_g = d.seen
+    assert real.shape[1] == 2  # conditional: (input, image) concatenated
+    assert torch.equal(real[:, :1], batch["input"]) and torch.equal(real[:, 1:], batch["target"])
+    assert torch.equal(fake[:, :1], batch["input"]) and not torch.equal(fake[:, 1:], batch["target"])
+    assert torch.equal(for_g[:, :1], batch["input"])
+    assert set(terms) == {"l_g_adv", "l_g_pix", "l_g_total", "l_d_real", "l_d_fake"}
+    assert terms["l_g_total"] == __import__("pytest").approx(terms["l_g_adv"] + terms["l_g_pix"], rel=1e-5)
+
+
+def test_paired_gan_discriminator_steps_per_generator_step(small_ct, plugin_for_one_test):
+    plugin_for_one_test(Plugin())
+    scheme = _scheme(small_ct, d_steps=3)
+    assert scheme.batches_per_step == 3
+    g_before = [p.clone() for p in scheme.generator.parameters()]
+    batches = [_batch(i) for i in range(3)]
+    scheme.train_step(batches, 1)
+    d = scheme.discriminator
+    # 3 D steps x (real + fake) + 1 look for the generator.
+    assert len(d.seen) == 7
+    for i in range(3):  # each D step on its own batch
+        assert torch.equal(d.seen[2 * i][:, 1:], batches[i]["target"])
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, scheme.generator.parameters()))
+
+
+def test_generator_step_does_not_update_discriminator(small_ct, plugin_for_one_test):
+    plugin_for_one_test(Plugin())
+    scheme = _scheme(small_ct)
+    scheme.train_step([_batch(1)], 1)
+    # After the step D's parameters are trainable again, with no gradient left from G's step
+    # accumulated into the next D update (zero_grad(set_to_none) before each backward).
+    assert all(p.requires_grad for p in scheme.discriminator.parameters())
+
+
+def test_supervised_scheme_lowers_its_loss(small_ct):
+    recipe = tiny_recipe(small_ct)
+    recipe["scheme"] = {"type": "supervised"}
+    recipe["losses"] = {"pix": {"type": "mse"}}
+    recipe["generator"] = {"type": "unet", "features": [8, 8, 8, 8, 8, 8]}
+    recipe["optimizers"] = {"generator": {"type": "adam", "lr": 3e-3}}
+    checked = validate(recipe, "test")
+    torch.manual_seed(0)
+    scheme = toolbox.build("schemes", checked["scheme"],
+                           parts=Parts(checked.data, "test", torch.device("cpu")))
+    batch = _batch(3)
+    first = scheme.train_step([batch], 1)["l_g_pix"]
+    for step in range(2, 40):
+        last = scheme.train_step([batch], step)["l_g_pix"]
+    assert last < 0.7 * first
+
+
+def test_amp_bf16_on_cpu_runs(small_ct, plugin_for_one_test):
+    recipe = tiny_recipe(small_ct)
+    recipe["train"]["amp"] = "bf16"
+    checked = validate(recipe, "test")
+    parts = Parts(checked.data, "test", torch.device("cpu"), amp="bf16")
+    scheme = toolbox.build("schemes", checked["scheme"], parts=parts)
+    terms = scheme.train_step([_batch(0)], 1)
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
