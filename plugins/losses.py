@@ -8,6 +8,16 @@ import torch.nn.functional as F
 import toolbox
 
 
+def l1_loss(reduction: str = "mean"):
+    """Mean absolute error (L1): pix2pix's content term; keeps edges sharper than MSE."""
+    return torch.nn.L1Loss(reduction=reduction)
+
+
+def mse_loss(reduction: str = "mean"):
+    """Mean squared error (L2): the CNN-MSE / WGAN-MSE content term."""
+    return torch.nn.MSELoss(reduction=reduction)
+
+
 class CharbonnierLoss(torch.nn.Module):
     """Charbonnier loss sqrt((x - y)^2 + eps^2): L1 that is smooth at zero."""
 
@@ -65,8 +75,8 @@ class AdversarialLoss(torch.nn.Module):
 
 @toolbox.hookimpl
 def register_losses(register):
-    register("l1", torch.nn.L1Loss, aliases=("mae",))
-    register("mse", torch.nn.MSELoss, aliases=("l2",))
+    register("l1", l1_loss, aliases=("mae",))
+    register("mse", mse_loss, aliases=("l2",))
     register("charbonnier", CharbonnierLoss)
     register("ssim", SSIMLoss)
     register("gan", AdversarialLoss, aliases=("adversarial",))

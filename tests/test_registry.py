@@ -127,3 +127,22 @@ def test_every_hook_is_documented_and_registered_somewhere():
     assert {h for h, _ in KINDS.values()} | {"register_commands"} == set(hooks)
     for kind in KINDS:
         assert toolbox.components(kind), f"no built-in {kind}"
+
+
+def test_plugin_commands_join_the_cli(plugin_for_one_test, capsys):
+    from toolbox.cli import main
+
+    def hello(args):
+        print(f"hello {args.who}")
+        return 0
+
+    class Commands:
+        @toolbox.hookimpl
+        def register_commands(self, cli):
+            parser = cli.add_parser("hello", help="say hello")
+            parser.add_argument("who")
+            parser.set_defaults(func=hello)
+
+    plugin_for_one_test(Commands())
+    assert main(["hello", "world"]) == 0
+    assert capsys.readouterr().out == "hello world\n"

@@ -5,6 +5,7 @@ It knows nothing about GANs: what one step does is the registered scheme's busin
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import random
@@ -129,8 +130,12 @@ def _loader(dataset, batch_size: int, start_index: int, total: int, num_workers:
     return torch.utils.data.DataLoader(
         subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         drop_last=True, persistent_workers=False,
-        worker_init_fn=lambda worker: seed_everything(seed + worker),
+        worker_init_fn=functools.partial(_seed_worker, seed),
     )
+
+
+def _seed_worker(seed: int, worker: int) -> None:
+    seed_everything(seed + worker)
 
 
 def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[Path, dict]:
