@@ -40,6 +40,33 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_denoise(args) -> int:
+    from pathlib import Path
+
+    from toolbox.denoise import denoise_inputs
+
+    _warn_failed_plugins()
+    denoise_inputs(Path(args.model), [Path(p) for p in args.inputs], Path(args.output),
+                   overwrite=args.overwrite, series=args.series, device_name=args.device,
+                   overlap=args.overlap)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from toolbox.evaluate import evaluate
+    from toolbox.recipe import parse_yaml
+
+    _warn_failed_plugins()
+    noise = parse_yaml(args.noise, "--noise") if args.noise else None
+    if noise is not None and not isinstance(noise, dict):
+        raise ToolboxError("--noise must be a YAML mapping like '{type: gaussian, sigma: 0.1}'")
+    evaluate(Path(args.model), args.data, noisy_paths=args.noisy, noise_spec=noise,
+             out_dir=args.output, device_name=args.device, seed=args.seed)
+    return 0
+
+
 def cmd_list(args) -> int:
     from toolbox.plugins import get_registry
 
@@ -145,6 +172,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
     run.set_defaults(func=cmd_run)
 
+    denoise = sub.add_parser("denoise", help="denoise NIfTI / DICOM series / TIFF / PNG with a trained model")
+    denoise.add_argument("model", help="a run folder (uses its best checkpoint) or a checkpoint file")
+    denoise.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="files, DICOM series folders, or folders of them")
+    denoise.add_argument("-o", "--output", required=True,
+                         help="output file (one input) or folder (several inputs, or a DICOM series)")
+    denoise.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    denoise.add_argument("--series", help="SeriesInstanceUID to pick in a folder with several series")
+    denoise.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    denoise.add_argument("--overlap", type=float, help="sliding-window overlap (default: the recipe's)")
+    denoise.set_defaults(func=cmd_denoise)
+
+    evaluate = sub.add_parser("evaluate", help="PSNR/SSIM of a model vs classical baselines, with figures")
+    evaluate.add_argument("model", help="a run folder or a checkpoint file")
+    evaluate.add_argument("data", nargs="+", help="clean images: files, DICOM series folders, folders")
+    evaluate.add_argument("--noisy", nargs="+", help="noisy counterparts (matched by file name)")
+    evaluate.add_argument("--noise", help="synthetic noise instead, e.g. '{type: gaussian, sigma: 0.1}' "
+                          "(default: the model's recipe)")
+    evaluate.add_argument("-o", "--output", help="report folder (default: RUN/evaluate-TIMESTAMP)")
+    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    evaluate.add_argument("--seed", type=int, default=12345, help="seed of the synthetic noise")
+    evaluate.set_defaults(func=cmd_evaluate)
+
     lister = sub.add_parser("list", help="registered components of one kind or all kinds")
     lister.add_argument("kind", nargs="?", help=", ".join(KIND_NAMES))
     lister.add_argument("--json", action="store_true")
@@ -178,7 +228,7 @@ def main(argv=None) -> int:
         parser, sub = build_parser()
         # Plugin commands are added only when the command is not a built-in one, so that
         # `toolbox --help` and the built-ins stay fast and survive a broken plugin.
-        builtin = {"run", "list", "plugins", "recipe"}
+        builtin = {"run", "denoise", "evaluate", "list", "plugins", "recipe"}
         first = next((a for a in argv if not a.startswith("-")), None)
         if first is not None and first not in builtin:
             _add_plugin_commands(sub)

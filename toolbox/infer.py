@@ -51,3 +51,121 @@ def denoise_tensor(
     finally:
         network.train(was_training)
     return out[0].float().cpu()
+
+
+# -- applying a trained model to whole volumes ------------------------------------------------
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from toolbox.errors import ToolboxError  # noqa: E402
+
+
+@dataclass
+class TrainedModel:
+    generator: torch.nn.Module
+    recipe: dict
+    name: str  # for descriptions: recipe name + checkpoint step
+    checkpoint: Path
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.recipe["data"]["spatial_dims"]
+
+    @property
+    def channels(self) -> int:
+        return self.recipe["data"]["channels"]
+
+    @property
+    def roi_size(self):
+        return self.recipe["data"]["patch_size"]
+
+
+def find_checkpoint(model: Path) -> Path:
+    """A run folder gives its best checkpoint (else its last); a file is used as it is."""
+    model = Path(model)
+    if model.is_dir():
+        for name in ("best.pt", "last.pt"):
+            candidate = model / "checkpoints" / name
+            if candidate.is_file():
+                return candidate
+        raise ToolboxError(f"{model}: no checkpoints/best.pt or checkpoints/last.pt in this run folder")
+    if not model.exists():
+        raise ToolboxError(f"{model}: no such run folder or checkpoint file")
+    return model
+
+
+def load_trained_model(model: Path, device: torch.device) -> TrainedModel:
+    from toolbox.checkpoint import load_checkpoint
+    from toolbox.plugins import get_registry
+
+    path = find_checkpoint(model)
+    payload = load_checkpoint(path)
+    recipe = payload["recipe"]
+    data = recipe["data"]
+    generator = get_registry().build(
+        "generators", recipe["generator"], str(path), "generator",
+        spatial_dims=data["spatial_dims"], in_channels=data["channels"], out_channels=data["channels"],
+    )
+    try:
+        generator.load_state_dict(payload["generator"])
+    except RuntimeError as error:
+        raise ToolboxError(f"{path}: the weights do not fit the recipe's generator ({str(error)[:200]})") from error
+    generator.to(device).eval()
+    name = f"{recipe.get('name') or 'model'} step {payload.get('step', '?')}"
+    return TrainedModel(generator, recipe, name, path)
+
+
+def _iterate_slices(array: np.ndarray, axis: int):
+    for index in range(array.shape[axis + 1]):
+        yield index, np.take(array, index, axis=axis + 1)
+
+
+def denoise_normalised(model: TrainedModel, image: np.ndarray, slice_axis: int | None,
+                       device: torch.device, overlap: float = 0.25, progress=None,
+                       sw_batch_size: int = 4) -> np.ndarray:
+    """Denoise a normalised ``(C, *spatial)`` image; a 2D model goes slice by slice."""
+    dims = image.ndim - 1
+    if model.channels != image.shape[0]:
+        raise ToolboxError(
+            f"the model takes {model.channels} channel(s), the image has {image.shape[0]}"
+        )
+    if model.spatial_dims == 3 and dims == 2:
+        raise ToolboxError("this is a 3D model and the input is a 2D image; use a 2D model")
+    if model.spatial_dims == dims:
+        out = denoise_tensor(model.generator, torch.from_numpy(image), model.roi_size, overlap,
+                             sw_batch_size, device)
+        if progress is not None:
+            progress(1, 1)
+        return out.numpy()
+    # 2D model on a 3D volume: one slice at a time keeps memory at one slice's worth.
+    axis = 0 if slice_axis is None else slice_axis
+    out = np.empty_like(image)
+    total = image.shape[axis + 1]
+    for index, plane in _iterate_slices(image, axis):
+        result = denoise_tensor(model.generator, torch.from_numpy(np.ascontiguousarray(plane)),
+                                model.roi_size, overlap, sw_batch_size, device).numpy()
+        target = [slice(None)] * out.ndim
+        target[axis + 1] = index
+        out[tuple(target)] = result
+        if progress is not None:
+            progress(index + 1, total)
+    return out
+
+
+def denoise_volume(model: TrainedModel, volume, device: torch.device, overlap: float = 0.25,
+                   progress=None) -> np.ndarray:
+    """Denoise a ``Volume`` and return the result in the input's physical units."""
+    from toolbox.data.normalize import fit_normalizer
+
+    normalizer = fit_normalizer(model.recipe["data"]["normalize"], volume.array)
+    normalised = normalizer.forward(volume.array).astype(np.float32)
+    denoised = denoise_normalised(model, normalised, volume.slice_axis, device, overlap, progress)
+    units = normalizer.inverse(denoised)
+    if normalizer.clip:
+        # A clipping window (CT) says nothing about voxels outside it: keep those as they were
+        # rather than flattening bone or air to the window's edge.
+        outside = (volume.array < normalizer.offset) | (volume.array > normalizer.offset + normalizer.scale)
+        units = np.where(outside, volume.array, units)
+    return units.astype(np.float32)

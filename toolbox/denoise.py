@@ -1,0 +1,51 @@
+"""``toolbox denoise``: apply a trained model to files, DICOM series or folders of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolbox.errors import ToolboxError
+
+
+def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite: bool = False,
+                   series: str | None = None, device_name: str = "auto",
+                   overlap: float | None = None, console=None) -> list[Path]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from toolbox.data.volumes import expand_inputs, read_volume
+    from toolbox.infer import denoise_volume, load_trained_model
+    from toolbox.io import check_output, output_path_for, write_volume
+    from toolbox.train import make_console, pick_device
+
+    console = console or make_console()
+    device = pick_device(device_name)
+    items = expand_inputs(inputs)
+    batch = len(items) > 1 or (len(inputs) == 1 and Path(inputs[0]).is_dir() and items != [Path(inputs[0])])
+    if batch and output.exists() and not output.is_dir():
+        raise ToolboxError(f"{output}: several inputs need an output folder, and this is a file")
+    targets = [output / item.name if batch else output for item in items]
+    # Check every destination before reading or writing anything.
+    for item, target in zip(items, targets):
+        check_output(list(items), target, overwrite)
+    if len(set(targets)) != len(targets):
+        raise ToolboxError("two inputs have the same name; they would write the same output")
+    model = load_trained_model(model_path, device)
+    overlap = float(model.recipe["train"].get("val_overlap", 0.25)) if overlap is None else overlap
+    description = f"denoised {model.name}"
+    written = []
+    with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  console=console) as progress:
+        for item, target in zip(items, targets):
+            volume = read_volume(item, series=series, channels=model.channels)
+            task = progress.add_task(item.name[:40], total=None)
+
+            def report(done, total, task=task):
+                progress.update(task, completed=done, total=total)
+
+            units = denoise_volume(model, volume, device, overlap, report)
+            written.append(write_volume(volume, units, output_path_for(volume, output, batch) if batch
+                                        else target, description, overwrite))
+    for path in written:
+        console.print(f"wrote {path}")
+    return written
