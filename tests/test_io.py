@@ -250,3 +250,14 @@ def test_3d_model_denoises_a_volume_with_sliding_windows(tmp_path):
     result = nib.load(str(out))
     assert result.shape == mr.shape and np.allclose(result.affine, mr.affine)
     assert result.get_data_dtype() == np.uint8
+
+
+def test_single_dicom_file_gives_a_dicom_file(ct_model, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    out = tmp_path / "ct_small_denoised.dcm"
+    assert main(["denoise", str(ct_model), get_testdata_file("CT_small.dcm"), "-o", str(out)]) == 0
+    assert out.is_file()
+    original, result = pydicom.dcmread(get_testdata_file("CT_small.dcm")), pydicom.dcmread(out)
+    assert result.pixel_array.shape == original.pixel_array.shape
+    assert result.SOPInstanceUID != original.SOPInstanceUID and result.StudyInstanceUID == original.StudyInstanceUID

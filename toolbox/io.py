@@ -133,8 +133,11 @@ def _write_dicom(volume: Volume, units: np.ndarray, output: Path, description: s
             for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
                 if tag in ds:  # no longer true of the new pixels
                     del ds[tag]
-            name = Path(source.filename).name
-            ds.save_as(tmp_dir / name, enforce_file_format=True)
+            if volume.path.is_file():  # one file in, one file out
+                _write_file(output, overwrite, lambda path: ds.save_as(path, enforce_file_format=True))
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                return
+            ds.save_as(tmp_dir / Path(source.filename).name, enforce_file_format=True)
         _replace_folder(tmp_dir, output, overwrite)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
