@@ -134,6 +134,15 @@ def build_mr3d(wheels) -> None:
     volume = nib.Nifti1Image(crop.round().astype(np.uint8), affine)
     volume.header.set_xyzt_units("mm")
     nib.save(volume, str(out / "mni_t1_2mm.nii.gz"))
+    # Held-out data for 3D training: the inferior 48 slices train, the superior 28 (after a
+    # 4-slice gap) are never seen.  Each slab keeps its true position in the affine.
+    for split, (z0, z1) in (("train", (0, 48)), ("test", (52, 80))):
+        slab_affine = affine.copy()
+        slab_affine[:3, 3] = affine[:3, :3] @ np.array([0, 0, z0], dtype=float) + affine[:3, 3]
+        slab = nib.Nifti1Image(crop[:, :, z0:z1].round().astype(np.uint8), slab_affine)
+        slab.header.set_xyzt_units("mm")
+        (out / split).mkdir(exist_ok=True)
+        nib.save(slab, str(out / split / f"mni_t1_2mm_z{z0}-{z1}.nii.gz"))
 
 
 def main() -> None:

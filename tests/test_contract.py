@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import toolbox
-from toolbox.nn import logits
 
 SIZES = {2: (37, 45), 3: (19, 21, 23)}  # odd sizes: networks must pad and crop back
 
@@ -45,23 +44,24 @@ def test_generator_gradients_flow(name, dims):
     net = _build_network("generators", name, dims, 1).train()
     x = torch.rand(2, 1, *SIZES[dims])
     out = net(x)
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    out.mean().backward()
+    outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+    sum(o.mean() for o in outputs).backward()  # every output head gets a gradient
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("name", _names("discriminators"))
-def test_discriminator_logits(name, dims):
-    net = _build_network("discriminators", name, dims, 2).eval()
-    x = torch.rand(2, 2, *[32] * dims)
-    with torch.no_grad():
-        out = logits(net(x))
-    assert out.shape[0] == 2 and out.shape[1] == 1
-    assert torch.isfinite(out).all()
-    # Logits, not probabilities: an untrained critic is not confined to [0, 1].
-    assert out.min() < 0 or out.max() > 1
+def test_discriminator_logit_maps(name, dims):
+    net = _build_network("discriminators", name, dims, 2).train()
+    x = torch.rand(2, 2, *[32] * dims, requires_grad=True)
+    out = net(x)
+    maps = list(out) if isinstance(out, (tuple, list)) else [out]
+    for logits in maps:  # a map of logits per scale, batch first, one channel
+        assert logits.shape[0] == 2 and logits.shape[1] == 1
+        assert torch.isfinite(logits).all()
+    sum(m.mean() for m in maps).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def _is_adversarial(loss) -> bool:

@@ -33,7 +33,7 @@ def cmd_run(args) -> int:
     from toolbox.train import run_training
 
     _warn_failed_plugins()
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, profile=args.profile)
     run_dir, report = run_training(recipe, args.out)
     print(f"Run folder: {run_dir}  (mean PSNR {report['mean']['psnr_noisy']:.2f} -> "
           f"{report['mean']['psnr']:.2f} dB on held-out images)")
@@ -140,7 +140,7 @@ def cmd_recipe_check(args) -> int:
     from toolbox.plugins import get_registry
 
     for path in args.recipes:
-        recipe = load_recipe(path, args.overrides)
+        recipe = load_recipe(path, args.overrides, profile=args.profile)
         # Build every part on the CPU (no data is read, nothing is trained).
         parts = Parts(recipe.data, recipe.source, torch.device("cpu"))
         scheme = get_registry().build("schemes", recipe["scheme"], recipe.source, "scheme", parts=parts)
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
                      help="override recipe values, e.g. train.steps=10")
     run.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
+    run.add_argument("--profile", help="apply the recipe's profiles.NAME overrides (e.g. paper)")
     run.set_defaults(func=cmd_run)
 
     denoise = sub.add_parser("denoise", help="denoise NIfTI / DICOM series / TIFF / PNG with a trained model")
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("recipes", nargs="+")
     check.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY.PATH=VALUE")
+    check.add_argument("--profile", help="check with the recipe's profiles.NAME applied")
     check.set_defaults(func=cmd_recipe_check)
     recipe.set_defaults(func=lambda args: (recipe.print_help(), 2)[1])
     return parser, sub

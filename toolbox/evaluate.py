@@ -32,19 +32,6 @@ class Case:
     slice_axis: int | None
 
 
-def _squeeze_singletons(array: np.ndarray, slice_axis):
-    """Drop singleton spatial axes (a 2D slice stored as (X, Y, 1))."""
-    keep = [0] + [i + 1 for i, s in enumerate(array.shape[1:]) if s > 1]
-    if len(keep) < 3:  # keep at least two spatial axes
-        keep = [0, 1, 2]
-    squeezed = array.reshape([array.shape[k] for k in keep])
-    if slice_axis is not None and array.shape[slice_axis + 1] == 1:
-        slice_axis = None
-    elif slice_axis is not None:
-        slice_axis = sum(1 for k in keep[1:] if k - 1 < slice_axis)
-    return squeezed, slice_axis
-
-
 def _true_sigma(noise_spec: dict | None):
     if noise_spec and noise_spec.get("type") in ("gaussian", "awgn"):
         sigma = noise_spec.get("sigma", 0.1)
@@ -56,7 +43,7 @@ def _true_sigma(noise_spec: dict | None):
 def build_cases(model, clean_paths, noisy_paths=None, noise_spec=None, seed: int = 12345) -> list[Case]:
     from toolbox.baselines import estimate_noise_sigma
     from toolbox.data.normalize import fit_normalizer
-    from toolbox.data.volumes import expand_inputs, read_volume
+    from toolbox.data.volumes import expand_inputs, read_volume, squeeze_spatial
     from toolbox.plugins import get_registry
 
     clean_files = expand_inputs(clean_paths)
@@ -91,8 +78,8 @@ def build_cases(model, clean_paths, noisy_paths=None, noise_spec=None, seed: int
             clean = normalizer.forward(volume.array)
             generator = torch.Generator().manual_seed(seed + index)
             noisy = noise(torch.from_numpy(clean.astype(np.float32)), generator).numpy()
-        clean, slice_axis = _squeeze_singletons(clean.astype(np.float32), volume.slice_axis)
-        noisy, _ = _squeeze_singletons(noisy.astype(np.float32), volume.slice_axis)
+        clean, slice_axis = squeeze_spatial(clean.astype(np.float32), volume.slice_axis)
+        noisy, _ = squeeze_spatial(noisy.astype(np.float32), volume.slice_axis)
         sigma = known if known is not None else estimate_noise_sigma(noisy)
         cases.append(Case(volume.name, clean, noisy, sigma, known is not None, slice_axis))
     return cases

@@ -46,9 +46,10 @@ def register_discriminators(register):
     """Register discriminators / critics.
 
     ``factory(spatial_dims, in_channels, **options) -> torch.nn.Module`` returning logits
-    (no sigmoid): a score map ``(N, 1, *patch_grid)``, a score ``(N, 1)``, or a list whose
-    last item is the logits.  ``in_channels`` is chosen by the scheme (a conditional scheme
-    passes input and output channels concatenated).
+    (no sigmoid): a score map ``(N, 1, *patch_grid)``, a score ``(N, 1)``, or a tuple of
+    such maps (one per scale, e.g. ADL's discriminator); adversarial losses average over
+    the tuple.  ``in_channels`` is chosen by the scheme (a conditional scheme passes input
+    and output channels concatenated).
     """
 
 

@@ -122,20 +122,19 @@ def _iterate_slices(array: np.ndarray, axis: int):
         yield index, np.take(array, index, axis=axis + 1)
 
 
-def denoise_normalised(model: TrainedModel, image: np.ndarray, slice_axis: int | None,
-                       device: torch.device, overlap: float = 0.25, progress=None,
-                       sw_batch_size: int = 4) -> np.ndarray:
-    """Denoise a normalised ``(C, *spatial)`` image; a 2D model goes slice by slice."""
+def denoise_array(generator: torch.nn.Module, model_dims: int, roi_size, image: np.ndarray,
+                  slice_axis: int | None, device: torch.device, overlap: float = 0.25,
+                  progress=None, sw_batch_size: int = 4, autocast_dtype=None) -> np.ndarray:
+    """Denoise a normalised ``(C, *spatial)`` image; a 2D model goes slice by slice.
+
+    Slices run along ``slice_axis`` (a spatial axis index; the first axis when None).
+    """
     dims = image.ndim - 1
-    if model.channels != image.shape[0]:
-        raise ToolboxError(
-            f"the model takes {model.channels} channel(s), the image has {image.shape[0]}"
-        )
-    if model.spatial_dims == 3 and dims == 2:
+    if model_dims == 3 and dims == 2:
         raise ToolboxError("this is a 3D model and the input is a 2D image; use a 2D model")
-    if model.spatial_dims == dims:
-        out = denoise_tensor(model.generator, torch.from_numpy(image), model.roi_size, overlap,
-                             sw_batch_size, device)
+    if model_dims == dims:
+        out = denoise_tensor(generator, torch.from_numpy(np.ascontiguousarray(image)), roi_size,
+                             overlap, sw_batch_size, device, autocast_dtype)
         if progress is not None:
             progress(1, 1)
         return out.numpy()
@@ -144,14 +143,25 @@ def denoise_normalised(model: TrainedModel, image: np.ndarray, slice_axis: int |
     out = np.empty_like(image)
     total = image.shape[axis + 1]
     for index, plane in _iterate_slices(image, axis):
-        result = denoise_tensor(model.generator, torch.from_numpy(np.ascontiguousarray(plane)),
-                                model.roi_size, overlap, sw_batch_size, device).numpy()
+        result = denoise_tensor(generator, torch.from_numpy(np.ascontiguousarray(plane)), roi_size,
+                                overlap, sw_batch_size, device, autocast_dtype).numpy()
         target = [slice(None)] * out.ndim
         target[axis + 1] = index
         out[tuple(target)] = result
         if progress is not None:
             progress(index + 1, total)
     return out
+
+
+def denoise_normalised(model: TrainedModel, image: np.ndarray, slice_axis: int | None,
+                       device: torch.device, overlap: float = 0.25, progress=None) -> np.ndarray:
+    """``denoise_array`` with a trained model's settings; checks the channel count."""
+    if model.channels != image.shape[0]:
+        raise ToolboxError(
+            f"the model takes {model.channels} channel(s), the image has {image.shape[0]}"
+        )
+    return denoise_array(model.generator, model.spatial_dims, model.roi_size, image, slice_axis,
+                         device, overlap, progress)
 
 
 def denoise_volume(model: TrainedModel, volume, device: torch.device, overlap: float = 0.25,

@@ -16,6 +16,7 @@ from toolbox.registry import KINDS, Registry, did_you_mean
 BUILTIN_PLUGINS = (
     "toolbox_plugins.monai_nets",
     "toolbox_plugins.pix2pix",
+    "toolbox_plugins.adl",
     "toolbox_plugins.losses",
     "toolbox_plugins.optimizers",
     "toolbox_plugins.noise",

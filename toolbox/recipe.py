@@ -80,6 +80,7 @@ SCHEMA = Section(
         "name": Value((str,), help="a short name for the run folder"),
         "description": Value((str,)),
         "seed": Value((int,), default=0),
+        "profiles": Value((dict,), help="named sets of KEY.PATH: VALUE overrides (--profile)"),
         "data": Section(
             {
                 "train": Value(PATHS, help="clean training images: folder(s) or file(s)"),
@@ -245,6 +246,7 @@ def _resolve_paths(value, base: Path):
 class Recipe:
     data: dict
     source: str  # file name, for error messages
+    profile: str | None = None  # the profile applied, if any
 
     def __getitem__(self, key):
         return self.data[key]
@@ -256,7 +258,24 @@ class Recipe:
         return yaml.safe_dump(self.data, sort_keys=False)
 
 
-def load_recipe(path, overrides=(), check_parts: bool = True) -> Recipe:
+def apply_profile(raw: dict, profile: str, source: str) -> None:
+    """Apply the recipe's ``profiles.<profile>`` overrides (``key.path: value`` pairs)."""
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise RecipeError("expected a mapping of profile name -> {key.path: value}", source, "profiles")
+    if profile not in profiles:
+        raise RecipeError(
+            f"no profile '{profile}'.{did_you_mean(profile, profiles)} "
+            f"Profiles here: {', '.join(profiles) or '(none)'}", source, "profiles")
+    settings = profiles[profile]
+    if not isinstance(settings, dict):
+        raise RecipeError("expected a mapping of key.path: value", source, f"profiles.{profile}")
+    for dotted, value in settings.items():
+        apply_override(raw, f"{dotted}={yaml.safe_dump(value, default_flow_style=True).strip()}",
+                       f"{source}, profile '{profile}'")
+
+
+def load_recipe(path, overrides=(), check_parts: bool = True, profile: str | None = None) -> Recipe:
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -270,9 +289,13 @@ def load_recipe(path, overrides=(), check_parts: bool = True) -> Recipe:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError("a recipe must be a mapping of sections (data, generator, ...)", source)
+    if profile:
+        apply_profile(raw, profile, source)
     for assignment in overrides:
         apply_override(raw, assignment, source)
-    return validate(raw, source, base=path.resolve().parent, check_parts=check_parts)
+    recipe = validate(raw, source, base=path.resolve().parent, check_parts=check_parts)
+    recipe.profile = profile
+    return recipe
 
 
 def validate(raw: dict, source: str, base: Path | None = None, check_parts: bool = True) -> Recipe:

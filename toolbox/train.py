@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from toolbox import __version__
 from toolbox.checkpoint import atomic_write, save_checkpoint
@@ -90,18 +91,46 @@ class EvalRow:
 
 
 def evaluate_held_out(generator, held_out, spatial_dims, roi, overlap, device, amp_dtype=None,
-                      limit: int = 0) -> list[EvalRow]:
-    from toolbox.infer import denoise_tensor
+                      limit: int = 0, keep: bool = False):
+    """PSNR/SSIM of noisy and denoised held-out images; ``keep`` also returns the outputs."""
+    from toolbox.infer import denoise_array
     from toolbox.metrics import psnr_ssim
 
-    rows = []
+    rows, outputs = [], []
     for item in held_out[: limit or None]:
-        denoised = denoise_tensor(generator, item.noisy, roi, overlap, device=device,
-                                  autocast_dtype=amp_dtype)
-        pn, sn = psnr_ssim(item.noisy, item.clean, spatial_dims)
-        pd, sd = psnr_ssim(denoised, item.clean, spatial_dims)
+        denoised = torch.from_numpy(denoise_array(
+            generator, spatial_dims, roi, item.noisy.numpy(), item.slice_axis, device, overlap,
+            autocast_dtype=amp_dtype))
+        dims = item.clean.ndim - 1
+        pn, sn = psnr_ssim(item.noisy, item.clean, dims)
+        pd, sd = psnr_ssim(denoised, item.clean, dims)
         rows.append(EvalRow(item.name, pn, sn, pd, sd))
-    return rows
+        if keep:
+            outputs.append(denoised.numpy())
+    return (rows, outputs) if keep else rows
+
+
+def write_held_out_outputs(run_dir: Path, held_out, outputs, rows, description: str) -> list[Path]:
+    """Figures (noisy | denoised | clean) and the noisy / denoised images in the input's units."""
+    from toolbox.evaluate import write_figure
+    from toolbox.io import write_volume
+
+    written = []
+    for item, denoised, row in zip(held_out, outputs, rows):
+        stem = item.name.split(".")[0]
+        figure = run_dir / "figures" / f"{stem}.png"
+        write_figure(figure, [("noisy", item.noisy.numpy(), (row.psnr_noisy, row.ssim_noisy)),
+                              ("denoised", denoised, (row.psnr, row.ssim)),
+                              ("clean", item.clean.numpy(), None)], item.slice_axis)
+        written.append(figure)
+        if item.volume is None:  # read through a MONAI reader: no template to write back
+            continue
+        shape = item.volume.array.shape
+        for prefix, image in (("noisy", item.noisy.numpy()), ("denoised", denoised)):
+            units = item.normalizer.inverse(image).reshape(shape)
+            written.append(write_volume(item.volume, units, run_dir / "held_out" / f"{prefix}_{item.name}",
+                                        f"{prefix} {description}"[:60], overwrite=True))
+    return written
 
 
 def mean(rows, attr):
@@ -165,8 +194,10 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in scheme.modules().items()}
     run_dir = make_run_dir(recipe, out, recipe.source)
 
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    run_info = {"seed": seed, "parameters": n_params, **_environment(device)}
+    # The resolved recipe (profile and overrides applied) re-runs as it is.
+    resolved = {k: v for k, v in config.items() if k != "profiles"}
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    run_info = {"seed": seed, "profile": recipe.profile, "parameters": n_params, **_environment(device)}
     (run_dir / "run.json").write_text(json.dumps(run_info, indent=2), encoding="utf-8")
     log = MetricsLog(run_dir / "metrics.jsonl")
 
@@ -248,8 +279,10 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
 
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     scheme.generator.load_state_dict(best["generator"])
-    rows = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap, device,
-                             parts.amp_dtype)
+    rows, outputs = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap, device,
+                                      parts.amp_dtype, keep=True)
+    written = write_held_out_outputs(run_dir, data.held_out, outputs, rows,
+                                     f"{config.get('name') or 'model'} step {best['step']}")
     report = {
         "data_range": 1.0,
         "intensity": data.normalize_note,
@@ -257,10 +290,13 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
         "images": [r.__dict__ for r in rows],
         "mean": {k: mean(rows, k) for k in ("psnr_noisy", "ssim_noisy", "psnr", "ssim")},
         "seconds": round(time.time() - started, 1),
+        "outputs": [str(p) for p in written],
     }
     atomic_write(run_dir / "eval.json",
                  lambda tmp: tmp.write_text(json.dumps(report, indent=2), encoding="utf-8"))
     print_report(report, console)
+    console.print(f"Figures in {run_dir / 'figures'}; noisy and denoised held-out images in "
+                  f"{run_dir / 'held_out'}")
     return run_dir, report
 
 

@@ -4,6 +4,10 @@ Every random choice of sample ``i`` (which image, where to crop, flips, the nois
 from generators seeded with ``(seed, i)``.  Sample ``i`` is therefore the same whatever
 the number of workers or processes, and a resumed run sees exactly the samples it would
 have seen.
+
+Images are read like ``toolbox denoise`` reads them (``toolbox.data.volumes``), so a model
+sees the same orientation in training and in use; ``data.reader`` picks a MONAI reader
+instead.  A 2D recipe may train on 3D volumes: they contribute their slices.
 """
 
 from __future__ import annotations
@@ -16,26 +20,28 @@ import torch
 
 from toolbox.data.normalize import Normalizer, fit_normalizer
 from toolbox.data.readers import list_images, read_image
+from toolbox.data.volumes import Volume, expand_inputs, read_volume, squeeze_spatial
 from toolbox.errors import ToolboxError
 
 
 @dataclass
 class HeldOut:
-    """One whole held-out image: clean and noisy, normalised, plus its normaliser."""
+    """One whole held-out image: clean and noisy, normalised, plus what is needed to write it."""
 
     name: str
-    clean: torch.Tensor  # (C, *spatial)
+    clean: torch.Tensor  # (C, *spatial), singleton spatial axes dropped
     noisy: torch.Tensor
     normalizer: Normalizer
+    slice_axis: int | None = None  # for a 2D model on a 3D held-out volume
+    volume: Volume | None = None  # the file as read (template for writing outputs)
 
 
 def _pad_to(array: np.ndarray, size) -> np.ndarray:
     pads = [(0, 0)] + [(0, max(0, s - a)) for a, s in zip(array.shape[1:], size)]
     if any(p[1] for p in pads):
-        mode = "reflect" if all(a > 1 for a in array.shape[1:]) else "edge"
         try:
-            return np.pad(array, pads, mode=mode)
-        except ValueError:  # reflect needs the image larger than the pad
+            return np.pad(array, pads, mode="reflect")
+        except ValueError:  # reflection needs the image larger than the pad
             return np.pad(array, pads, mode="edge")
     return array
 
@@ -102,9 +108,40 @@ class DataBundle:
     normalize_note: str
 
 
-def _read_all(paths, data: dict, reader, what: str):
-    files = list_images(paths, what)
-    return [read_image(f, data["spatial_dims"], data["channels"], reader) for f in files]
+@dataclass
+class Loaded:
+    array: np.ndarray  # (C, *spatial), singletons dropped
+    slice_axis: int | None
+    path: Path
+    volume: Volume | None
+
+
+def _load(path: Path, data: dict, reader) -> Loaded:
+    dims, channels = data["spatial_dims"], data["channels"]
+    if reader is not None:  # an explicitly named MONAI reader
+        image = read_image(path, dims, channels, reader)
+        return Loaded(image.array, None, path, None)
+    volume = read_volume(path, channels=channels)
+    if volume.array.shape[0] != channels:
+        raise ToolboxError(f"{path}: has {volume.array.shape[0]} channels, the recipe expects "
+                           f"{channels} (data.channels)")
+    array, slice_axis = squeeze_spatial(volume.array, volume.slice_axis, min_axes=dims)
+    if array.ndim - 1 < dims or (dims == 3 and array.ndim - 1 != 3):
+        raise ToolboxError(f"{path}: has shape {volume.array.shape[1:]}; a {dims}D recipe needs "
+                           f"{dims} spatial axes")
+    return Loaded(array, slice_axis, path, volume)
+
+
+def _training_images(loaded: Loaded, dims: int) -> list[np.ndarray]:
+    """The 2D or 3D images a file contributes: itself, or its slices for a 2D recipe."""
+    if loaded.array.ndim - 1 == dims:
+        return [loaded.array]
+    axis = 1 + (loaded.slice_axis if loaded.slice_axis is not None else 0)
+    return [np.take(loaded.array, i, axis=axis) for i in range(loaded.array.shape[axis])]
+
+
+def _files(paths, what):
+    return expand_inputs(paths) if paths else []
 
 
 def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
@@ -112,57 +149,61 @@ def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
 
     registry = get_registry()
     data = recipe["data"]
+    dims = data["spatial_dims"]
     reader = registry.build("readers", data["reader"], source, "data.reader") if data.get("reader") else None
     noise = registry.build("noise_models", data["noise"], source, "data.noise") if data.get("noise") else None
     seed = int(recipe["seed"])
     norm_spec = data["normalize"]
-    patch = data["patch_size"]
+    lister = list_images if reader is not None else _files
 
     paired = data.get("paired") or {}
     if paired:
-        noisy_train, clean_train = _read_paired(paired, "train", data, reader)
+        noisy_train, clean_train = _read_paired(paired, "train", data, reader, lister)
         noisy_val, clean_val = (
-            _read_paired(paired, "val", data, reader) if paired.get("val_noisy") else ([], [])
+            _read_paired(paired, "val", data, reader, lister) if paired.get("val_noisy") else ([], [])
         )
     else:
-        clean_train = _read_all(data["train"], data, reader, "data.train")
-        clean_val = _read_all(data["val"], data, reader, "data.val") if data.get("val") else []
+        clean_train = [_load(p, data, reader) for p in lister(data["train"], "data.train")]
+        clean_val = [_load(p, data, reader) for p in lister(data["val"], "data.val")] if data.get("val") else []
         noisy_train, noisy_val = None, None
 
-    train_arrays, train_noisy = [], [] if noisy_train is not None else None
-    for index, image in enumerate(clean_train):
+    train_arrays, train_noisy = [], ([] if noisy_train is not None else None)
+    for index, loaded in enumerate(clean_train):
         # Paired data: normalise both with the noisy image's statistics, as at inference.
-        reference = noisy_train[index].array if noisy_train is not None else image.array
+        reference = noisy_train[index].array if noisy_train is not None else loaded.array
         normalizer = fit_normalizer(norm_spec, reference)
-        train_arrays.append(normalizer.forward(image.array).astype(np.float32))
+        train_arrays.extend(normalizer.forward(a).astype(np.float32) for a in _training_images(loaded, dims))
         if noisy_train is not None:
-            train_noisy.append(normalizer.forward(noisy_train[index].array).astype(np.float32))
-    train = PatchDataset(train_arrays, patch, seed, noise, train_noisy, data["augment"])
+            train_noisy.extend(normalizer.forward(a).astype(np.float32)
+                               for a in _training_images(noisy_train[index], dims))
+    if not train_arrays:
+        raise ToolboxError(f"{source}: no training images (data.train)")
+    train = PatchDataset(train_arrays, data["patch_size"], seed, noise, train_noisy, data["augment"])
 
     held_out = []
-    for index, image in enumerate(clean_val):
+    for index, loaded in enumerate(clean_val):
         if noisy_val:
             normalizer = fit_normalizer(norm_spec, noisy_val[index].array)
             noisy = torch.from_numpy(normalizer.forward(noisy_val[index].array).astype(np.float32))
-            clean = torch.from_numpy(normalizer.forward(image.array).astype(np.float32))
         else:
-            normalizer = fit_normalizer(norm_spec, image.array)
-            clean = torch.from_numpy(normalizer.forward(image.array).astype(np.float32))
+            normalizer = fit_normalizer(norm_spec, loaded.array)
+            clean_norm = torch.from_numpy(normalizer.forward(loaded.array).astype(np.float32))
             generator = torch.Generator().manual_seed(int(data["val_seed"]) + index)
-            noisy = noise(clean, generator).float()
-        held_out.append(HeldOut(Path(image.path).name, clean, noisy, normalizer))
+            noisy = noise(clean_norm, generator).float()
+        clean = torch.from_numpy(normalizer.forward(loaded.array).astype(np.float32))
+        held_out.append(HeldOut(loaded.path.name, clean, noisy, normalizer, loaded.slice_axis, loaded.volume))
     note = {
         "window": f"window {norm_spec.get('low')}..{norm_spec.get('high')} -> 0..1",
         "percentile": f"percentiles {norm_spec.get('low') or 0.5}..{norm_spec.get('high') or 99.5} -> 0..1",
         "minmax": "min..max of each image -> 0..1",
         "none": "raw values",
     }[norm_spec.get("type", "percentile")]
-    return DataBundle(train, held_out, data["spatial_dims"], data["channels"], note)
+    return DataBundle(train, held_out, dims, data["channels"], note)
 
 
-def _read_paired(paired: dict, split: str, data: dict, reader):
-    noisy_files = list_images(paired.get(f"{split}_noisy"), f"data.paired.{split}_noisy")
-    clean_files = list_images(paired.get(f"{split}_clean"), f"data.paired.{split}_clean")
+def _read_paired(paired: dict, split: str, data: dict, reader, lister):
+    noisy_files = lister(paired.get(f"{split}_noisy"), f"data.paired.{split}_noisy")
+    clean_files = lister(paired.get(f"{split}_clean"), f"data.paired.{split}_clean")
     clean_by_name = {f.name: f for f in clean_files}
     missing = [f.name for f in noisy_files if f.name not in clean_by_name]
     if missing:
@@ -172,8 +213,8 @@ def _read_paired(paired: dict, split: str, data: dict, reader):
         )
     noisy, clean = [], []
     for f in noisy_files:
-        n = read_image(f, data["spatial_dims"], data["channels"], reader)
-        c = read_image(clean_by_name[f.name], data["spatial_dims"], data["channels"], reader)
+        n = _load(f, data, reader)
+        c = _load(clean_by_name[f.name], data, reader)
         if n.array.shape != c.array.shape:
             raise ToolboxError(
                 f"{f}: shape {n.array.shape[1:]} differs from its clean image "

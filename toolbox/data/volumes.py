@@ -41,6 +41,25 @@ class Volume:
         return self.array.ndim - 1
 
 
+def squeeze_spatial(array: np.ndarray, slice_axis: int | None, min_axes: int = 2):
+    """Drop singleton spatial axes (a 2D slice stored as (X, Y, 1)), keeping ``min_axes``.
+
+    Returns the squeezed array and where ``slice_axis`` went (None if it was dropped).
+    """
+    spatial = list(range(1, array.ndim))
+    keep = [a for a in spatial if array.shape[a] > 1]
+    for axis in spatial:  # too few left: keep singletons from the front
+        if len(keep) >= min_axes:
+            break
+        if axis not in keep:
+            keep.append(axis)
+    keep.sort()
+    squeezed = array.reshape([array.shape[0]] + [array.shape[a] for a in keep])
+    if slice_axis is not None:
+        slice_axis = keep.index(slice_axis + 1) if slice_axis + 1 in keep else None
+    return squeezed, slice_axis
+
+
 def _dtype_range(dtype: np.dtype) -> tuple[float, float]:
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
@@ -331,9 +350,12 @@ def read_volume(path, series: str | None = None, channels: int | None = None) ->
     )
 
 
-def expand_inputs(paths) -> list[Path]:
+def expand_inputs(paths, depth: int = 3) -> list[Path]:
     """Inputs of a batch: files as given; a folder with DICOM files is one input (a series);
-    a folder of image files gives each file; a folder of folders gives each sub-folder."""
+    a folder of image files gives each file; a folder of folders gives each sub-folder
+    (``depth`` levels down, symbolic links to folders not followed)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
     inputs: list[Path] = []
     for entry in map(Path, paths):
         if not entry.exists():
@@ -342,13 +364,14 @@ def expand_inputs(paths) -> list[Path]:
             inputs.append(entry)
             continue
         files = sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith("."))
-        folders = sorted(p for p in entry.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = sorted(p for p in entry.iterdir()
+                         if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
         if any(_is_dicom(p) or p.suffix.lower() == ".dcm" for p in files):
             inputs.append(entry)
         elif any(suffix_of(p) in VOLUME_SUFFIXES for p in files):
             inputs.extend(p for p in files if suffix_of(p) in VOLUME_SUFFIXES)
-        elif folders:
-            inputs.extend(expand_inputs(folders))
+        elif folders and depth > 0:
+            inputs.extend(expand_inputs(folders, depth - 1))
         else:
             raise ToolboxError(
                 f"{entry}: no images ({', '.join(VOLUME_SUFFIXES)}) or DICOM files here"
