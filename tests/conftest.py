@@ -8,7 +8,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import yaml
+
+import toolbox
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -84,3 +87,24 @@ def plugin_for_one_test():
     yield add
     for plugin in added:
         unregister_plugin(plugin)
+
+
+class RecordingDiscriminator(torch.nn.Module):
+    """A real conv critic that records every input it is shown (2D)."""
+
+    def __init__(self, spatial_dims, in_channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, 1, 3, padding=1)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.conv(x)
+
+
+class RecordingPlugin:
+    """Registers the discriminator ``recording``; add it with ``plugin_for_one_test``."""
+
+    @toolbox.hookimpl
+    def register_discriminators(self, register):
+        register("recording", RecordingDiscriminator)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import toolbox
-from conftest import tiny_recipe
+from conftest import RecordingPlugin, tiny_recipe
 from toolbox.recipe import validate
 from toolbox.scheme import Parts
 from toolbox_plugins.adl import (
@@ -151,28 +151,11 @@ def test_adl_losses_are_available_to_any_recipe_by_name():
 
 
 # -- scheme ----------------------------------------------------------------------------------
-class RecordingDiscriminator(torch.nn.Module):
-    def __init__(self, spatial_dims, in_channels):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(in_channels, 1, 3, padding=1)
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append(x.detach().clone())
-        return self.conv(x)
-
-
-class Recording:
-    @toolbox.hookimpl
-    def register_discriminators(self, register):
-        register("recording_adl", RecordingDiscriminator)
-
-
 def _adl_scheme(small_ct, **options):
     recipe = tiny_recipe(small_ct)
     recipe["generator"] = {"type": "efficient_unet", **{k: list(v) if isinstance(v, tuple) else v
                                                         for k, v in SMALL.items()}}
-    recipe["discriminator"] = {"type": "recording_adl"}
+    recipe["discriminator"] = {"type": "recording"}
     recipe["losses"] = {"fidelity": {"type": "adl"}, "adv": {"type": "gan", "mode": "hinge", "weight": 0.1}}
     recipe["scheme"] = {"type": "adl", **options}
     checked = validate(recipe, "test")
@@ -186,7 +169,7 @@ def _batch():
 
 
 def test_schedule_warms_up_denoiser_then_discriminator_then_both(small_ct, plugin_for_one_test):
-    plugin_for_one_test(Recording())
+    plugin_for_one_test(RecordingPlugin())
     scheme = _adl_scheme(small_ct, warmup_g=2, warmup_d=1, d_every=1, d_lr=5e-5)
     batch = _batch()
     assert set(scheme.train_step([batch], 1)) == {"l_g_fidelity", "l_g_total"}
@@ -198,7 +181,7 @@ def test_schedule_warms_up_denoiser_then_discriminator_then_both(small_ct, plugi
 
 
 def test_paper_mode_shows_the_discriminator_the_denoised_output(small_ct, plugin_for_one_test):
-    plugin_for_one_test(Recording())
+    plugin_for_one_test(RecordingPlugin())
     scheme = _adl_scheme(small_ct)
     batch = _batch()
     scheme.train_step([batch], 1)
@@ -208,7 +191,7 @@ def test_paper_mode_shows_the_discriminator_the_denoised_output(small_ct, plugin
 
 
 def test_release_compat_switches_every_documented_behaviour(small_ct, plugin_for_one_test):
-    plugin_for_one_test(Recording())
+    plugin_for_one_test(RecordingPlugin())
     scheme = _adl_scheme(small_ct, release_compat=True)
     fidelity = scheme.fidelity["fidelity"].module
     assert fidelity.histogram.release_compat and fidelity.pyramid.release_compat
@@ -220,7 +203,7 @@ def test_release_compat_switches_every_documented_behaviour(small_ct, plugin_for
 
 
 def test_deep_supervision_uses_every_scale(small_ct, plugin_for_one_test):
-    plugin_for_one_test(Recording())
+    plugin_for_one_test(RecordingPlugin())
     full_only = _adl_scheme(small_ct, scale_weights=[1.0, 0.0, 0.0], warmup_g=5)
     every = _adl_scheme(small_ct, scale_weights=[1.0, 1.0, 1.0], warmup_g=5)
     every.generator.load_state_dict(full_only.generator.state_dict())

@@ -5,28 +5,9 @@ from __future__ import annotations
 import torch
 
 import toolbox
-from conftest import tiny_recipe
+from conftest import RecordingPlugin, tiny_recipe
 from toolbox.recipe import validate
 from toolbox.scheme import Parts
-
-
-class RecordingDiscriminator(torch.nn.Module):
-    """A real conv critic that records every input it is shown."""
-
-    def __init__(self, spatial_dims, in_channels):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(in_channels, 1, 3, padding=1)
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append(x.detach().clone())
-        return self.conv(x)
-
-
-class Plugin:
-    @toolbox.hookimpl
-    def register_discriminators(self, register):
-        register("recording", RecordingDiscriminator)
 
 
 def _scheme(small_ct, **scheme):
@@ -45,7 +26,7 @@ def _batch(seed):
 
 
 def test_paired_gan_shows_d_input_target_pairs_and_input_output_pairs(small_ct, plugin_for_one_test):
-    plugin_for_one_test(Plugin())
+    plugin_for_one_test(RecordingPlugin())
     scheme = _scheme(small_ct)
     d = scheme.discriminator
     batch = _batch(0)
@@ -60,7 +41,7 @@ def test_paired_gan_shows_d_input_target_pairs_and_input_output_pairs(small_ct, 
 
 
 def test_paired_gan_discriminator_steps_per_generator_step(small_ct, plugin_for_one_test):
-    plugin_for_one_test(Plugin())
+    plugin_for_one_test(RecordingPlugin())
     scheme = _scheme(small_ct, d_steps=3)
     assert scheme.batches_per_step == 3
     g_before = [p.clone() for p in scheme.generator.parameters()]
@@ -75,7 +56,7 @@ def test_paired_gan_discriminator_steps_per_generator_step(small_ct, plugin_for_
 
 
 def test_generator_step_does_not_update_discriminator(small_ct, plugin_for_one_test):
-    plugin_for_one_test(Plugin())
+    plugin_for_one_test(RecordingPlugin())
     scheme = _scheme(small_ct)
     scheme.train_step([_batch(1)], 1)
     # After the step D's parameters are trainable again, with no gradient left from G's step
