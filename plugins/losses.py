@@ -43,18 +43,20 @@ class SSIMLoss(torch.nn.Module):
 
 
 class AdversarialLoss(torch.nn.Module):
-    """Adversarial criterion on raw logits: ``bce`` (with logits), ``lsgan`` or ``hinge``.
+    """Adversarial criterion on raw logits: ``bce`` (with logits), ``lsgan``, ``hinge``, ``wgan``.
 
     Called ``loss(logits, target_is_real, for_discriminator)`` like MONAI's
     ``PatchAdversarialLoss``; unlike it, BCE works on logits (stable, and safe under
-    autocast) and hinge is the standard one (no tanh).  ``real_label`` < 1 gives one-sided
-    label smoothing for the discriminator (DCGAN-style 0.9).
+    autocast) and hinge is the standard one (no tanh).  ``wgan`` is the Wasserstein critic's
+    -E[D(real)] + E[D(fake)] (generator: -E[D(fake)]); pair it with a gradient penalty
+    (scheme ``wgan_gp``).  ``real_label`` < 1 gives one-sided label smoothing for the
+    discriminator (DCGAN-style 0.9).
     """
 
     def __init__(self, mode: str = "bce", real_label: float = 1.0):
         super().__init__()
-        if mode not in ("bce", "lsgan", "hinge"):
-            raise ValueError(f"mode must be bce, lsgan or hinge, got {mode!r}")
+        if mode not in ("bce", "lsgan", "hinge", "wgan"):
+            raise ValueError(f"mode must be bce, lsgan, hinge or wgan, got {mode!r}")
         self.mode = mode
         self.real_label = real_label
 
@@ -62,6 +64,8 @@ class AdversarialLoss(torch.nn.Module):
         if isinstance(logits, (list, tuple)):
             return sum(self.forward(x, target_is_real, for_discriminator) for x in logits) / len(logits)
         logits = logits.float()
+        if self.mode == "wgan":
+            return -logits.mean() if (target_is_real or not for_discriminator) else logits.mean()
         if self.mode == "hinge":
             if not for_discriminator:
                 return -logits.mean()

@@ -72,6 +72,25 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def vgg_weights(tmp_path_factory) -> Path:
+    """A torchvision-format VGG19 file (random weights, made here: no download)."""
+    from toolbox_plugins.vgg import vgg19_features
+
+    torch.manual_seed(0)
+    state = {f"features.{k}": v for k, v in vgg19_features().state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(4, 4)  # a full torchvision file has these too
+    path = tmp_path_factory.mktemp("vgg") / "vgg19-dcbb9e9d.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _vgg_weights_for_recipes(vgg_weights, monkeypatch):
+    """Recipes that name `weights: auto` find the test file, as a user's cache would."""
+    monkeypatch.setenv("TOOLBOX_VGG19_WEIGHTS", str(vgg_weights))
+
+
 @pytest.fixture
 def plugin_for_one_test():
     """Register an in-process plugin for this test only: ``plugin_for_one_test(module)``."""

@@ -184,27 +184,27 @@ def _middle_slice(array: np.ndarray, slice_axis):
 
 
 def write_figure(path: Path, panels, slice_axis) -> None:
-    """One row of full views and one of 3x zoomed centre crops, labelled with PSNR/SSIM."""
+    """A row of full views and a row of 3x-zoomed centre crops, labelled with PSNR/SSIM."""
     from PIL import Image, ImageDraw
 
     views = [np.clip(_middle_slice(p[1], slice_axis), 0, 1) for p in panels]
     h, w = views[0].shape
-    scale = max(1, 256 // max(h, w)) if max(h, w) < 256 else 1
-    crop = max(8, min(h, w) // 4)
+    scale = max(1, 256 // max(h, w))  # small images are enlarged so labels fit
+    width, height = w * scale, h * scale
+    crop = max(4, min(h, w) // 3)  # a square centre crop, shown panel-wide
     top, left = (h - crop) // 2, (w - crop) // 2
-    zoom_size = (w * scale, h * scale)
-    label_height = 16
-    canvas = Image.new("L", (len(views) * w * scale, 2 * h * scale + 2 * label_height), 0)
+    label = 16
+    canvas = Image.new("L", (len(views) * width, height + width + 2 * label), 0)
     draw = ImageDraw.Draw(canvas)
     for index, ((title, _, score), view) in enumerate(zip(panels, views)):
-        full = Image.fromarray((view * 255).astype(np.uint8)).resize(zoom_size, Image.NEAREST)
+        full = Image.fromarray((view * 255).astype(np.uint8)).resize((width, height), Image.NEAREST)
         zoom = Image.fromarray((view[top:top + crop, left:left + crop] * 255).astype(np.uint8))
-        zoom = zoom.resize(zoom_size, Image.NEAREST)
-        x = index * w * scale
-        canvas.paste(full, (x, label_height))
-        canvas.paste(zoom, (x, 2 * label_height + h * scale))
+        zoom = zoom.resize((width, width), Image.NEAREST)
+        x = index * width
+        canvas.paste(full, (x, label))
+        canvas.paste(zoom, (x, 2 * label + height))
         text = title if score is None else f"{title} {score[0]:.2f} dB / {score[1]:.3f}"
         draw.text((x + 3, 2), text[:48], fill=255)
-        draw.text((x + 3, label_height + h * scale + 2), "centre crop, zoomed", fill=255)
+        draw.text((x + 3, label + height + 2), "centre crop", fill=255)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))

@@ -81,6 +81,10 @@ class TrainedModel:
     def roi_size(self):
         return self.recipe["data"]["patch_size"]
 
+    @property
+    def context(self) -> int:
+        return self.recipe["data"].get("context_slices", 1)
+
 
 def find_checkpoint(model: Path) -> Path:
     """A run folder gives its best checkpoint (else its last); a file is used as it is."""
@@ -106,7 +110,8 @@ def load_trained_model(model: Path, device: torch.device) -> TrainedModel:
     data = recipe["data"]
     generator = get_registry().build(
         "generators", recipe["generator"], str(path), "generator",
-        spatial_dims=data["spatial_dims"], in_channels=data["channels"], out_channels=data["channels"],
+        spatial_dims=data["spatial_dims"], in_channels=data["channels"] * data.get("context_slices", 1),
+        out_channels=data["channels"],
     )
     try:
         generator.load_state_dict(payload["generator"])
@@ -117,21 +122,35 @@ def load_trained_model(model: Path, device: torch.device) -> TrainedModel:
     return TrainedModel(generator, recipe, name, path)
 
 
-def _iterate_slices(array: np.ndarray, axis: int):
-    for index in range(array.shape[axis + 1]):
-        yield index, np.take(array, index, axis=axis + 1)
+def _iterate_slices(array: np.ndarray, axis: int, context: int = 1):
+    """Slices along a spatial axis; with ``context`` > 1, each with its neighbours as channels
+    (``context`` slices per channel, edges repeated), as a 2.5D model takes them."""
+    count = array.shape[axis + 1]
+    half = context // 2
+    for index in range(count):
+        if context == 1:
+            yield index, np.take(array, index, axis=axis + 1)
+            continue
+        neighbours = np.clip(np.arange(index - half, index + half + 1), 0, count - 1)
+        stack = np.take(array, neighbours, axis=axis + 1)  # (C, ..k.., ...)
+        stack = np.moveaxis(stack, axis + 1, 1)  # (C, k, a, b)
+        yield index, stack.reshape(-1, *stack.shape[2:])  # slice-major per channel
 
 
 def denoise_array(generator: torch.nn.Module, model_dims: int, roi_size, image: np.ndarray,
                   slice_axis: int | None, device: torch.device, overlap: float = 0.25,
-                  progress=None, sw_batch_size: int = 4, autocast_dtype=None) -> np.ndarray:
+                  progress=None, sw_batch_size: int = 4, autocast_dtype=None,
+                  context: int = 1) -> np.ndarray:
     """Denoise a normalised ``(C, *spatial)`` image; a 2D model goes slice by slice.
 
-    Slices run along ``slice_axis`` (a spatial axis index; the first axis when None).
+    Slices run along ``slice_axis`` (a spatial axis index; the first axis when None); a
+    2.5D model (``context`` > 1) gets each slice with its neighbours.
     """
     dims = image.ndim - 1
     if model_dims == 3 and dims == 2:
         raise ToolboxError("this is a 3D model and the input is a 2D image; use a 2D model")
+    if context > 1 and dims != 3:
+        raise ToolboxError(f"this 2.5D model needs a 3D volume (stacks of {context} slices)")
     if model_dims == dims:
         out = denoise_tensor(generator, torch.from_numpy(np.ascontiguousarray(image)), roi_size,
                              overlap, sw_batch_size, device, autocast_dtype)
@@ -142,7 +161,7 @@ def denoise_array(generator: torch.nn.Module, model_dims: int, roi_size, image: 
     axis = 0 if slice_axis is None else slice_axis
     out = np.empty_like(image)
     total = image.shape[axis + 1]
-    for index, plane in _iterate_slices(image, axis):
+    for index, plane in _iterate_slices(image, axis, context):
         result = denoise_tensor(generator, torch.from_numpy(np.ascontiguousarray(plane)), roi_size,
                                 overlap, sw_batch_size, device, autocast_dtype).numpy()
         target = [slice(None)] * out.ndim
@@ -161,7 +180,7 @@ def denoise_normalised(model: TrainedModel, image: np.ndarray, slice_axis: int |
             f"the model takes {model.channels} channel(s), the image has {image.shape[0]}"
         )
     return denoise_array(model.generator, model.spatial_dims, model.roi_size, image, slice_axis,
-                         device, overlap, progress)
+                         device, overlap, progress, context=model.context)
 
 
 def denoise_volume(model: TrainedModel, volume, device: torch.device, overlap: float = 0.25,

@@ -96,6 +96,8 @@ SCHEMA = Section(
                 ),
                 "spatial_dims": Value((int,), default=2, choices=(2, 3)),
                 "channels": Value((int,), default=1),
+                "context_slices": Value((int,), default=1,
+                                        help="2.5D: odd number of adjacent slices as channels"),
                 "normalize": Section(
                     {
                         "type": Value((str,), default="percentile",
@@ -320,6 +322,12 @@ def _check_data(section: dict, source: str) -> None:
             f"expected {dims} positive integers (one per spatial axis), got {patch!r}",
             source, "data.patch_size",
         )
+    context = section["context_slices"]
+    if context < 1 or context % 2 == 0:
+        raise RecipeError(f"must be an odd number >= 1, got {context}", source, "data.context_slices")
+    if context > 1 and dims != 2:
+        raise RecipeError("2.5D stacks need spatial_dims: 2 (slices of 3D volumes)", source,
+                          "data.context_slices")
     has_paired = bool(section.get("paired"))
     if not has_paired and not section.get("train"):
         raise RecipeError("give data.train (clean images) or data.paired", source, "data")

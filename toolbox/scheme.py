@@ -39,6 +39,8 @@ class Parts:
         self.device = device
         self.spatial_dims = recipe["data"]["spatial_dims"]
         self.channels = recipe["data"]["channels"]
+        # A 2.5D generator sees `context_slices` adjacent slices of every channel.
+        self.context = recipe["data"].get("context_slices", 1)
         self.registry = get_registry()
         self.amp_dtype = _amp_dtype(amp, device)
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
@@ -50,7 +52,7 @@ class Parts:
         if self._generator is None:
             self._generator = self.registry.build(
                 "generators", self.recipe["generator"], self.source, "generator",
-                spatial_dims=self.spatial_dims, in_channels=self.channels,
+                spatial_dims=self.spatial_dims, in_channels=self.channels * self.context,
                 out_channels=self.channels,
             ).to(self.device)
         return self._generator

@@ -91,7 +91,7 @@ class EvalRow:
 
 
 def evaluate_held_out(generator, held_out, spatial_dims, roi, overlap, device, amp_dtype=None,
-                      limit: int = 0, keep: bool = False):
+                      limit: int = 0, keep: bool = False, context: int = 1):
     """PSNR/SSIM of noisy and denoised held-out images; ``keep`` also returns the outputs."""
     from toolbox.infer import denoise_array
     from toolbox.metrics import psnr_ssim
@@ -100,7 +100,7 @@ def evaluate_held_out(generator, held_out, spatial_dims, roi, overlap, device, a
     for item in held_out[: limit or None]:
         denoised = torch.from_numpy(denoise_array(
             generator, spatial_dims, roi, item.noisy.numpy(), item.slice_axis, device, overlap,
-            autocast_dtype=amp_dtype))
+            autocast_dtype=amp_dtype, context=context))
         dims = item.clean.ndim - 1
         pn, sn = psnr_ssim(item.noisy, item.clean, dims)
         pd, sd = psnr_ssim(denoised, item.clean, dims)
@@ -205,12 +205,13 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
     overlap = float(train_cfg["val_overlap"])
     dims = data.spatial_dims
     limit = train_cfg["val_max_images"]
+    context = config["data"].get("context_slices", 1)
     console.print(
         f"[bold]toolbox run[/] {recipe.source} -> {run_dir}  device={device}  "
         + "  ".join(f"{k}={v / 1e6:.2f}M params" for k, v in n_params.items())
     )
     baseline = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap, device,
-                                 parts.amp_dtype, limit)
+                                 parts.amp_dtype, limit, context=context)
     log.write({"step": 0, "split": "val", "psnr_noisy": mean(baseline, "psnr_noisy"),
                "ssim_noisy": mean(baseline, "ssim_noisy")})
 
@@ -263,7 +264,7 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
                 progress.update(task, losses=" ".join(f"{k}={v:.4g}" for k, v in running.items()))
             if step % train_cfg["val_every"] == 0 or step == steps:
                 rows = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap,
-                                         device, parts.amp_dtype, limit)
+                                         device, parts.amp_dtype, limit, context=context)
                 psnr, ssim = mean(rows, "psnr"), mean(rows, "ssim")
                 log.write({"step": step, "split": "val", "psnr": psnr, "ssim": ssim})
                 if psnr > best_psnr:
@@ -280,7 +281,7 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     scheme.generator.load_state_dict(best["generator"])
     rows, outputs = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap, device,
-                                      parts.amp_dtype, keep=True)
+                                      parts.amp_dtype, keep=True, context=context)
     written = write_held_out_outputs(run_dir, data.held_out, outputs, rows,
                                      f"{config.get('name') or 'model'} step {best['step']}")
     report = {

@@ -58,8 +58,12 @@ class PatchDataset(torch.utils.data.Dataset):
     Or, for paired data, the same crop of a noisy image and its clean counterpart.
     """
 
-    def __init__(self, clean, patch_size, seed, noise=None, noisy=None, augment=True, length=None):
-        self.clean = clean  # list of float32 arrays (C, *spatial), normalised
+    def __init__(self, clean, patch_size, seed, noise=None, noisy=None, augment=True, length=None,
+                 context: int = 1):
+        # Normalised float32 arrays (C, *spatial); for 2.5D (context > 1) volumes (C, S, H, W)
+        # with the slice axis first, giving a stack of `context` slices around a middle one.
+        self.context = context
+        self.clean = clean
         self.noisy = noisy  # same shapes, or None for synthetic noise
         self.patch_size = tuple(patch_size)
         self.seed = seed
@@ -75,10 +79,19 @@ class PatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         rng, noise_generator = _sample_generators(self.seed, index)
         which = int(rng.choice(len(self.clean), p=self.weights))
-        clean = _pad_to(self.clean[which], self.patch_size)
-        noisy = _pad_to(self.noisy[which], self.patch_size) if self.noisy is not None else None
-        starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(clean.shape[1:], self.patch_size)]
-        window = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(starts, self.patch_size))
+        clean, noisy = self.clean[which], self.noisy[which] if self.noisy is not None else None
+        if self.context > 1:  # pick a middle slice; its neighbours (edges repeated) ride along
+            half = self.context // 2
+            middle = int(rng.integers(0, clean.shape[1]))
+            rows = np.clip(np.arange(middle - half, middle + half + 1), 0, clean.shape[1] - 1)
+            clean = clean[:, rows]
+            noisy = noisy[:, rows] if noisy is not None else None
+        size = tuple(clean.shape[1:-len(self.patch_size)]) + self.patch_size
+        clean = _pad_to(clean, size)
+        noisy = _pad_to(noisy, size) if noisy is not None else None
+        lead = clean.ndim - 1 - len(self.patch_size)  # the stack axis, if any, is not cropped
+        starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(clean.shape[1 + lead:], self.patch_size)]
+        window = (slice(None),) * (1 + lead) + tuple(slice(s, s + p) for s, p in zip(starts, self.patch_size))
         clean = clean[window]
         noisy = noisy[window] if noisy is not None else None
         if self.augment:
@@ -91,12 +104,16 @@ class PatchDataset(torch.utils.data.Dataset):
                 turns = int(rng.integers(0, 4))
                 clean = np.rot90(clean, turns, axes=(-2, -1))
                 noisy = np.rot90(noisy, turns, axes=(-2, -1)) if noisy is not None else None
-        target = torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32))
+        stack = torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32))
         if noisy is None:
-            source = self.noise(target, noise_generator).float()
+            source = self.noise(stack, noise_generator).float()
         else:
             source = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32))
-        return {"input": source, "target": target}
+        if self.context > 1:  # (C, k, h, w) -> input (C*k, h, w), target the middle (C, h, w)
+            target = stack[:, self.context // 2]
+            source = source.reshape(-1, *source.shape[2:])
+            return {"input": source, "target": target}
+        return {"input": source, "target": stack}
 
 
 @dataclass
@@ -132,11 +149,17 @@ def _load(path: Path, data: dict, reader) -> Loaded:
     return Loaded(array, slice_axis, path, volume)
 
 
-def _training_images(loaded: Loaded, dims: int) -> list[np.ndarray]:
-    """The 2D or 3D images a file contributes: itself, or its slices for a 2D recipe."""
+def _training_images(loaded: Loaded, dims: int, context: int = 1) -> list[np.ndarray]:
+    """The 2D or 3D images a file contributes: itself, or its slices for a 2D recipe;
+    for 2.5D, the volume with its slice axis first (C, S, H, W)."""
+    axis = 1 + (loaded.slice_axis if loaded.slice_axis is not None else 0)
+    if context > 1:
+        if loaded.array.ndim != 4:
+            raise ToolboxError(f"{loaded.path}: 2.5D training (data.context_slices: {context}) "
+                               "needs 3D volumes or image stacks")
+        return [np.ascontiguousarray(np.moveaxis(loaded.array, axis, 1))]
     if loaded.array.ndim - 1 == dims:
         return [loaded.array]
-    axis = 1 + (loaded.slice_axis if loaded.slice_axis is not None else 0)
     return [np.take(loaded.array, i, axis=axis) for i in range(loaded.array.shape[axis])]
 
 
@@ -150,6 +173,7 @@ def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
     registry = get_registry()
     data = recipe["data"]
     dims = data["spatial_dims"]
+    context = data.get("context_slices", 1)
     reader = registry.build("readers", data["reader"], source, "data.reader") if data.get("reader") else None
     noise = registry.build("noise_models", data["noise"], source, "data.noise") if data.get("noise") else None
     seed = int(recipe["seed"])
@@ -172,13 +196,15 @@ def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
         # Paired data: normalise both with the noisy image's statistics, as at inference.
         reference = noisy_train[index].array if noisy_train is not None else loaded.array
         normalizer = fit_normalizer(norm_spec, reference)
-        train_arrays.extend(normalizer.forward(a).astype(np.float32) for a in _training_images(loaded, dims))
+        train_arrays.extend(normalizer.forward(a).astype(np.float32)
+                            for a in _training_images(loaded, dims, context))
         if noisy_train is not None:
             train_noisy.extend(normalizer.forward(a).astype(np.float32)
-                               for a in _training_images(noisy_train[index], dims))
+                               for a in _training_images(noisy_train[index], dims, context))
     if not train_arrays:
         raise ToolboxError(f"{source}: no training images (data.train)")
-    train = PatchDataset(train_arrays, data["patch_size"], seed, noise, train_noisy, data["augment"])
+    train = PatchDataset(train_arrays, data["patch_size"], seed, noise, train_noisy, data["augment"],
+                         context=context)
 
     held_out = []
     for index, loaded in enumerate(clean_val):

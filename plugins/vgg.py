@@ -1,0 +1,231 @@
+"""VGG19 perceptual loss that works offline (CNN-VGG / WGAN-VGG, ESRGAN).
+
+The VGG19 ``features`` network is defined here with torchvision's layer indices (convs at
+0, 2, 5, 7, 10, ..., 34; ReLU after each; max-pools at 4, 9, 18, 27, 36), so a torchvision
+``vgg19`` state dict (``vgg19-dcbb9e9d.pth``) loads directly; torchvision itself is not
+needed.  Weights come from ``weights: PATH``, the ``TOOLBOX_VGG19_WEIGHTS`` variable, or a
+cache (``~/.cache/toolbox`` or torch's hub cache); ``toolbox weights vgg19`` fetches and
+verifies torchvision's file on a machine with internet.  Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import toolbox
+from toolbox.errors import ToolboxError
+
+VGG19_FILE = "vgg19-dcbb9e9d.pth"
+VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
+VGG19_SHA256_PREFIX = "dcbb9e9d"  # torchvision names files by their hash's first 8 digits
+_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+           512, 512, 512, 512, "M"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def vgg19_features() -> torch.nn.Sequential:
+    """VGG19 ``features`` with torchvision's indices (so its state dict keys match)."""
+    layers, channels = [], 3
+    for item in _CONFIG:
+        if item == "M":
+            layers.append(torch.nn.MaxPool2d(2, 2))
+        else:
+            layers += [torch.nn.Conv2d(channels, item, 3, padding=1), torch.nn.ReLU(inplace=False)]
+            channels = item
+    return torch.nn.Sequential(*layers)
+
+
+def layer_indices() -> dict[str, int]:
+    """Names like ``conv3_4`` / ``relu5_4`` / ``pool2`` -> index in ``features``."""
+    names, block, conv, index = {}, 1, 1, 0
+    for item in _CONFIG:
+        if item == "M":
+            names[f"pool{block}"] = index
+            index += 1
+            block, conv = block + 1, 1
+        else:
+            names[f"conv{block}_{conv}"] = index
+            names[f"relu{block}_{conv}"] = index + 1
+            index += 2
+            conv += 1
+    return names
+
+
+def cache_candidates() -> list[Path]:
+    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    return [Path.home() / ".cache" / "toolbox" / VGG19_FILE, torch_home / "hub" / "checkpoints" / VGG19_FILE]
+
+
+def find_weights(weights: str | None) -> Path:
+    if weights not in (None, "", "auto"):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ToolboxError(f"{path}: no such VGG19 weights file; {_how_to_get()}")
+        return path
+    if os.environ.get("TOOLBOX_VGG19_WEIGHTS"):
+        return find_weights(os.environ["TOOLBOX_VGG19_WEIGHTS"])
+    for candidate in cache_candidates():
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in cache_candidates())
+    raise ToolboxError(f"VGG19 weights not found (looked in {looked}); {_how_to_get()}")
+
+
+def _how_to_get() -> str:
+    return ("run `toolbox weights vgg19` on a machine with internet (fetches torchvision's "
+            f"{VGG19_FILE} and checks its SHA-256), copy the file to ~/.cache/toolbox/, or give "
+            "its path as `weights:` in the perceptual loss")
+
+
+def load_vgg19_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise ToolboxError(f"{path}: not a loadable VGG19 state dict ({str(error)[:160]})") from error
+    if not isinstance(state, dict):
+        raise ToolboxError(f"{path}: not a state dict")
+    # Accept torchvision's full model (features.* + classifier.*) or the features alone.
+    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    features = features or {k: v for k, v in state.items() if k.split(".")[0].isdigit()}
+    expected = vgg19_features().state_dict()
+    missing = [k for k in expected if k not in features]
+    wrong = [k for k in expected if k in features and features[k].shape != expected[k].shape]
+    if missing or wrong:
+        raise ToolboxError(f"{path}: not torchvision's VGG19 layout (missing {missing[:3]}, "
+                           f"wrong shapes {wrong[:3]})")
+    return {k: features[k] for k in expected}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class VGGPerceptualLoss(torch.nn.Module):
+    """Distance between VGG19 features of prediction and target (L1 or MSE), per named layer.
+
+    ``layers``: name -> weight, e.g. ``{conv5_4: 1.0}`` (pre-activation, as ESRGAN and
+    WGAN-VGG use) or ``{relu3_4: 0.5, relu5_4: 1.0}``.  Grey images are repeated to three
+    channels; images in 0..1 are ImageNet-normalised.  3D inputs are cut into 2D slices
+    along ``slice_axis`` (0, 1, 2 or ``all`` for the mean over the three).
+    ``random_weights: true`` skips the pretrained weights (for tests only; warns).
+    """
+
+    def __init__(self, layers=None, weights: str | None = None, criterion: str = "l1",
+                 slice_axis="all", random_weights: bool = False):
+        super().__init__()
+        layers = dict(layers or {"conv5_4": 1.0})
+        names = layer_indices()
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise ValueError(f"unknown VGG19 layer(s) {unknown}; e.g. conv1_2, relu3_4, conv5_4")
+        if criterion not in ("l1", "mse"):
+            raise ValueError(f"criterion must be l1 or mse, got {criterion!r}")
+        if slice_axis not in (0, 1, 2, "all"):
+            raise ValueError(f"slice_axis must be 0, 1, 2 or all, got {slice_axis!r}")
+        features = vgg19_features()
+        if random_weights:
+            warnings.warn("VGG perceptual loss with RANDOM weights: not a perceptual loss", stacklevel=2)
+        else:
+            features.load_state_dict(load_vgg19_state(find_weights(weights)))
+        deepest = max(names[n] for n in layers)
+        self.features = features[: deepest + 1].eval()
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+        self.taps = {names[n]: float(w) for n, w in layers.items()}
+        self.criterion = F.l1_loss if criterion == "l1" else F.mse_loss
+        self.slice_axis = slice_axis
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True):  # the frozen network stays in eval mode
+        return super().train(False)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, *[1] * (x.ndim - 2))
+        elif x.shape[1] != 3:
+            raise ValueError(f"VGG perceptual loss needs 1 or 3 channels, got {x.shape[1]}")
+        return (x - self.mean) / self.std
+
+    def _features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        out = {}
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self.taps:
+                out[index] = x
+        return out
+
+    def _loss_2d(self, prediction, target):
+        pred, targ = self._features(self._prepare(prediction)), self._features(self._prepare(target))
+        return sum(w * self.criterion(pred[i], targ[i]) for i, w in self.taps.items())
+
+    @staticmethod
+    def _slices(x: torch.Tensor, axis: int) -> torch.Tensor:
+        moved = x.movedim(2 + axis, 1)  # (N, S, C, a, b)
+        return moved.reshape(-1, x.shape[1], *moved.shape[3:])
+
+    def forward(self, prediction, target):
+        prediction, target = prediction.float(), target.float()
+        if prediction.ndim == 4:
+            return self._loss_2d(prediction, target)
+        axes = (0, 1, 2) if self.slice_axis == "all" else (self.slice_axis,)
+        return sum(self._loss_2d(self._slices(prediction, a), self._slices(target, a)) for a in axes) / len(axes)
+
+
+def download_vgg19(output: Path) -> Path:
+    """Fetch torchvision's VGG19 weights, check the SHA-256 prefix, write atomically."""
+    import urllib.request
+
+    from toolbox.checkpoint import atomic_write
+
+    def fetch(tmp: Path) -> None:
+        with urllib.request.urlopen(VGG19_URL, timeout=60) as response, open(tmp, "wb") as handle:  # noqa: S310
+            while chunk := response.read(1 << 20):
+                handle.write(chunk)
+        digest = sha256_of(tmp)
+        if not digest.startswith(VGG19_SHA256_PREFIX):
+            raise ToolboxError(f"downloaded {VGG19_URL} has SHA-256 {digest[:16]}..., expected "
+                               f"{VGG19_SHA256_PREFIX}...; not saved")
+
+    try:
+        atomic_write(output, fetch)
+    except OSError as error:
+        raise ToolboxError(f"cannot fetch {VGG19_URL} ({error}); download it elsewhere and copy it "
+                           f"to {output}") from error
+    return output
+
+
+def _cmd_weights(args) -> int:
+    output = Path(args.output) if args.output else cache_candidates()[0]
+    if output.exists() and not args.force:
+        print(f"{output} exists (SHA-256 {sha256_of(output)[:16]}...); --force to fetch again")
+        return 0
+    download_vgg19(output)
+    print(f"wrote {output}")
+    return 0
+
+
+@toolbox.hookimpl
+def register_losses(register):
+    register("vgg_perceptual", VGGPerceptualLoss, aliases=("perceptual", "vgg19"),
+             example={"layers": {"conv2_2": 1.0}, "random_weights": True})
+
+
+@toolbox.hookimpl
+def register_commands(cli):
+    parser = cli.add_parser("weights", help="fetch pretrained weights the losses need (needs internet)")
+    parser.add_argument("name", choices=["vgg19"], help="vgg19: torchvision's VGG19 (548 MB)")
+    parser.add_argument("--output", help=f"where to write (default ~/.cache/toolbox/{VGG19_FILE})")
+    parser.add_argument("--force", action="store_true", help="fetch even if the file exists")
+    parser.set_defaults(func=_cmd_weights)
