@@ -137,6 +137,7 @@ class WGANGP(Scheme):
                            ("generator", self.opt_g), ("discriminator", self.opt_d)):
             self.track(name, item)
         self._gp_generator = torch.Generator().manual_seed(int(parts.recipe.get("seed", 0)))
+        self.track("gradient_penalty", self._gp_generator)
 
     def _pair(self, source, image):
         return torch.cat([source, image], 1) if self.conditional else image

@@ -245,10 +245,14 @@ def test_3d_model_denoises_a_volume_with_sliding_windows(tmp_path):
     recipe["discriminator"] = {"type": "patchgan", "base_filters": 4, "num_layers": 2}
     path = write_recipe(tmp_path / "r.yaml", recipe)
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    # A region larger than the window (40 x 44 x 36 voxels vs 16^3) in its true position.
+    region = nib.Nifti1Image(data[20:60, 30:74, 22:58], mr.affine @ np.array(
+        [[1, 0, 0, 20], [0, 1, 0, 30], [0, 0, 1, 22], [0, 0, 0, 1]], dtype=float))
+    nib.save(region, str(tmp_path / "region.nii.gz"))
     out = tmp_path / "mr_denoised.nii.gz"
-    assert main(["denoise", str(tmp_path / "run"), str(SAMPLES / "mr3d" / "mni_t1_2mm.nii.gz"), "-o", str(out)]) == 0
+    assert main(["denoise", str(tmp_path / "run"), str(tmp_path / "region.nii.gz"), "-o", str(out)]) == 0
     result = nib.load(str(out))
-    assert result.shape == mr.shape and np.allclose(result.affine, mr.affine)
+    assert result.shape == region.shape and np.allclose(result.affine, region.affine)
     assert result.get_data_dtype() == np.uint8
 
 

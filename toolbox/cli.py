@@ -33,8 +33,21 @@ def cmd_run(args) -> int:
     from toolbox.train import run_training
 
     _warn_failed_plugins()
-    recipe = load_recipe(args.recipe, args.overrides, profile=args.profile)
-    run_dir, report = run_training(recipe, args.out)
+    if args.resume:
+        from pathlib import Path
+
+        resume = Path(args.resume)
+        if args.recipe is not None and "=" in args.recipe:  # `run --resume DIR key=value`
+            args.overrides = [args.recipe, *args.overrides]
+        if not (resume / "recipe.yaml").is_file():
+            raise ToolboxError(f"{resume}: not a run folder (no recipe.yaml)")
+        recipe = load_recipe(resume / "recipe.yaml", args.overrides)
+        run_dir, report = run_training(recipe, resume=resume)
+    else:
+        if args.recipe is None:
+            raise ToolboxError("give a recipe, or --resume RUN_DIR")
+        recipe = load_recipe(args.recipe, args.overrides, profile=args.profile)
+        run_dir, report = run_training(recipe, args.out)
     print(f"Run folder: {run_dir}  (mean PSNR {report['mean']['psnr_noisy']:.2f} -> "
           f"{report['mean']['psnr']:.2f} dB on held-out images)")
     return 0
@@ -166,11 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="train (and evaluate) what a recipe describes")
-    run.add_argument("recipe", help="a YAML recipe, e.g. recipes/pix2pix_ct.yaml")
+    run.add_argument("recipe", nargs="?", help="a YAML recipe, e.g. recipes/adl3d.yaml")
     run.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
                      help="override recipe values, e.g. train.steps=10")
     run.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
     run.add_argument("--profile", help="apply the recipe's profiles.NAME overrides (e.g. paper)")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue a stopped run from its last checkpoint (same recipe)")
     run.set_defaults(func=cmd_run)
 
     denoise = sub.add_parser("denoise", help="denoise NIfTI / DICOM series / TIFF / PNG with a trained model")

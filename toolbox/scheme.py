@@ -125,12 +125,17 @@ class Scheme:
         self.generator: torch.nn.Module | None = None
         self._modules: dict[str, torch.nn.Module] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._generators: dict[str, torch.Generator] = {}
 
-    def track(self, name: str, module_or_optimizer) -> None:
-        if isinstance(module_or_optimizer, torch.optim.Optimizer):
-            self._optimizers[name] = module_or_optimizer
+    def track(self, name: str, part) -> None:
+        """Save and restore ``part`` with the checkpoints: a network, an optimizer, or a
+        ``torch.Generator`` the scheme draws random numbers from (so a resumed run repeats)."""
+        if isinstance(part, torch.optim.Optimizer):
+            self._optimizers[name] = part
+        elif isinstance(part, torch.Generator):
+            self._generators[name] = part
         else:
-            self._modules[name] = module_or_optimizer
+            self._modules[name] = part
 
     def train_step(self, batches: list[dict], step: int) -> dict[str, float]:
         raise NotImplementedError
@@ -157,6 +162,7 @@ class Scheme:
         return {
             "modules": {k: m.state_dict() for k, m in self._modules.items()},
             "optimizers": {k: o.state_dict() for k, o in self._optimizers.items()},
+            "generators": {k: g.get_state() for k, g in self._generators.items()},
             "scaler": self.parts.scaler.state_dict(),
         }
 
@@ -166,6 +172,9 @@ class Scheme:
         for k, o in self._optimizers.items():
             if k in state.get("optimizers", {}):
                 o.load_state_dict(state["optimizers"][k])
+        for k, g in self._generators.items():
+            if k in state.get("generators", {}):
+                g.set_state(state["generators"][k])
         if state.get("scaler"):
             self.parts.scaler.load_state_dict(state["scaler"])
 

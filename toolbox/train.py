@@ -30,6 +30,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def capture_rng() -> dict:
+    """Every global random state, as tensors and numbers (loadable with weights_only=True)."""
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
+                  "has_gauss": int(numpy_state[3]), "gauss": float(numpy_state[4])},
+        "python": {"version": python_state[0], "state": torch.tensor(python_state[1], dtype=torch.int64),
+                   "gauss": python_state[2]},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -167,8 +193,15 @@ def _seed_worker(seed: int, worker: int) -> None:
     seed_everything(seed + worker)
 
 
-def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[Path, dict]:
-    """Train what ``recipe`` describes; the run folder is created only once all parts built."""
+def run_training(recipe: Recipe, out: str | None = None, console=None,
+                 resume: Path | None = None) -> tuple[Path, dict]:
+    """Train what ``recipe`` describes; the run folder is created only once all parts built.
+
+    ``resume``: a run folder to continue from its last complete checkpoint (models,
+    optimizers, scaler, step, best score, every random state; the data sampler is a pure
+    function of the step), so the result equals an uninterrupted run's.
+    """
+    from toolbox.checkpoint import load_checkpoint
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from toolbox.data.datasets import build_data
@@ -176,7 +209,13 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
     from toolbox.scheme import Parts
 
     console = console or make_console()
-    check_run_dir(out)
+    if resume is None:
+        check_run_dir(out)
+    else:
+        last_path = Path(resume) / "checkpoints" / "last.pt"
+        if not last_path.is_file():
+            raise ToolboxError(f"{resume}: no checkpoints/last.pt to resume from")
+        last = load_checkpoint(last_path)
     config = recipe.data
     train_cfg = config["train"]
     seed = int(config["seed"])
@@ -192,13 +231,22 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
     if scheme.generator is None:
         raise ToolboxError(f"scheme '{config['scheme']['type']}' did not set its generator")
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in scheme.modules().items()}
-    run_dir = make_run_dir(recipe, out, recipe.source)
-
-    # The resolved recipe (profile and overrides applied) re-runs as it is.
-    resolved = {k: v for k, v in config.items() if k != "profiles"}
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    run_info = {"seed": seed, "profile": recipe.profile, "parameters": n_params, **_environment(device)}
-    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2), encoding="utf-8")
+    start_step, best_psnr = 0, -float("inf")
+    if resume is None:
+        run_dir = make_run_dir(recipe, out, recipe.source)
+        # The resolved recipe (profile and overrides applied) re-runs as it is.
+        resolved = {k: v for k, v in config.items() if k != "profiles"}
+        atomic_write(run_dir / "recipe.yaml",
+                     lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"))
+        run_info = {"seed": seed, "profile": recipe.profile, "parameters": n_params, **_environment(device)}
+        atomic_write(run_dir / "run.json",
+                     lambda tmp: tmp.write_text(json.dumps(run_info, indent=2), encoding="utf-8"))
+    else:
+        run_dir = Path(resume)
+        scheme.load_state_dict(last["scheme"])
+        start_step, best_psnr = int(last["step"]), float(last.get("best_psnr", -float("inf")))
+        restore_rng(last["rng"])
+        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
     log = MetricsLog(run_dir / "metrics.jsonl")
 
     roi = config["data"]["patch_size"]
@@ -210,17 +258,22 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
         f"[bold]toolbox run[/] {recipe.source} -> {run_dir}  device={device}  "
         + "  ".join(f"{k}={v / 1e6:.2f}M params" for k, v in n_params.items())
     )
-    baseline = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap, device,
-                                 parts.amp_dtype, limit, context=context)
-    log.write({"step": 0, "split": "val", "psnr_noisy": mean(baseline, "psnr_noisy"),
-               "ssim_noisy": mean(baseline, "ssim_noisy")})
+    if resume is None:
+        baseline = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap, device,
+                                     parts.amp_dtype, limit, context=context)
+        log.write({"step": 0, "split": "val", "psnr_noisy": mean(baseline, "psnr_noisy"),
+                   "ssim_noisy": mean(baseline, "ssim_noisy")})
+    else:
+        console.print(f"Resuming {run_dir} after step {start_step}")
 
     steps = int(train_cfg["steps"])
     batch_size = int(train_cfg["batch_size"])
     per_step = int(getattr(scheme, "batches_per_step", 1))
-    loader = _loader(data.train, batch_size, 0, steps * per_step * batch_size,
-                     int(train_cfg["num_workers"]), seed)
-    best_psnr = -float("inf")
+    if start_step >= steps:
+        raise ToolboxError(f"{run_dir}: already trained {start_step} of {steps} steps; "
+                           "raise train.steps to train on")
+    loader = _loader(data.train, batch_size, start_step * per_step * batch_size,
+                     steps * per_step * batch_size, int(train_cfg["num_workers"]), seed)
     running: dict[str, float] = {}
     started = time.time()
 
@@ -232,6 +285,8 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
             "scheme": scheme.state_dict(),
             "generator": scheme.generator.state_dict(),
             "toolbox_version": __version__,
+            "best_psnr": best_psnr,
+            "rng": capture_rng(),
             **(extra or {}),
         }
         save_checkpoint(run_dir / "checkpoints" / f"{name}.pt", payload)
@@ -244,8 +299,8 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
     scheme.train(True)
     batches_iter = iter(loader)
     with progress:
-        task = progress.add_task("train", total=steps, losses="")
-        for step in range(1, steps + 1):
+        task = progress.add_task("train", total=steps, losses="", completed=start_step)
+        for step in range(start_step + 1, steps + 1):
             batches = []
             for _ in range(per_step):
                 batch = next(batches_iter)
@@ -299,6 +354,15 @@ def run_training(recipe: Recipe, out: str | None = None, console=None) -> tuple[
     console.print(f"Figures in {run_dir / 'figures'}; noisy and denoised held-out images in "
                   f"{run_dir / 'held_out'}")
     return run_dir, report
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after ``step``: the resumed run writes them again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8"))
 
 
 def print_report(report: dict, console) -> None:
