@@ -406,14 +406,8 @@ class ADLScheme(Scheme):
         super().__init__(parts)
         if min(warmup_g, warmup_d) < 0 or d_every < 1:
             raise ValueError("warmup_g and warmup_d must be >= 0 and d_every >= 1")
-        losses = parts.losses()
-        if adversarial not in losses:
-            raise RecipeError(
-                f"scheme 'adl' needs the adversarial loss under losses.{adversarial} "
-                "(e.g. {type: gan, mode: hinge})", parts.source, "losses")
-        self.adversarial = losses.pop(adversarial)
+        self.adversarial, self.fidelity = self.split_adversarial(adversarial, "{type: gan, mode: hinge}")
         self.adversarial_name = adversarial
-        self.fidelity = losses
         if not self.fidelity:
             raise RecipeError("scheme 'adl' needs at least one fidelity loss (e.g. {type: adl})",
                               parts.source, "losses")
@@ -423,13 +417,7 @@ class ADLScheme(Scheme):
                 loss.module.release_compat = release_compat
         self.warmup_g, self.warmup_d, self.d_every, self.d_lr = warmup_g, warmup_d, d_every, d_lr
         self.scale_weights = list(scale_weights)
-        self.generator = parts.generator()
-        self.discriminator = parts.discriminator(parts.channels)
-        self.opt_g = parts.optimizer("generator", self.generator.parameters())
-        self.opt_d = parts.optimizer("discriminator", self.discriminator.parameters())
-        for name, item in (("generator", self.generator), ("discriminator", self.discriminator),
-                           ("generator", self.opt_g), ("discriminator", self.opt_d)):
-            self.track(name, item)
+        self.build_adversarial_pair(parts.channels)
 
     def phase(self, step: int) -> str:
         if step <= self.warmup_g:

@@ -50,34 +50,14 @@ class PairedGAN(Scheme):
         super().__init__(parts)
         if d_steps < 1:
             raise ValueError(f"d_steps must be at least 1, got {d_steps}")
-        losses = parts.losses()
-        if adversarial not in losses:
-            raise RecipeError(
-                f"scheme 'paired_gan' needs the adversarial loss under losses.{adversarial} "
-                f"(e.g. {{type: gan, mode: bce}}); found {', '.join(losses) or 'none'}",
-                parts.source, "losses",
-            )
-        self.adversarial = losses.pop(adversarial)
+        self.adversarial, self.pixel_losses = self.split_adversarial(adversarial, "{type: gan, mode: bce}")
         self.adversarial_name = adversarial
-        self.pixel_losses = losses
         self.conditional = conditional
         self.batches_per_step = d_steps
-        channels = parts.channels
-        self.generator = parts.generator()
-        self.discriminator = parts.discriminator(2 * channels if conditional else channels)
-        self.opt_g = parts.optimizer("generator", self.generator.parameters())
-        self.opt_d = parts.optimizer("discriminator", self.discriminator.parameters())
-        self.track("generator", self.generator)
-        self.track("discriminator", self.discriminator)
-        self.track("generator", self.opt_g)
-        self.track("discriminator", self.opt_d)
+        self.build_adversarial_pair(2 * parts.channels if conditional else parts.channels)
 
     def _pair(self, source, image):
         return torch.cat([source, image], dim=1) if self.conditional else image
-
-    def _generate(self, source):
-        output = self.generator(source)
-        return output[0] if isinstance(output, (tuple, list)) else output
 
     def train_step(self, batches, step):
         criterion = self.adversarial.module
@@ -85,7 +65,7 @@ class PairedGAN(Scheme):
         self.requires_grad(self.discriminator, True)
         for batch in batches:
             with torch.no_grad(), self.parts.autocast():
-                fake = self._generate(batch["input"])
+                fake = self.generate(batch["input"])
             with self.parts.autocast():
                 real_logits = self.discriminator(self._pair(batch["input"], batch["target"]))
                 fake_logits = self.discriminator(self._pair(batch["input"], fake.detach()))
@@ -95,20 +75,10 @@ class PairedGAN(Scheme):
             self.backward_step(0.5 * (l_d_real + l_d_fake), self.opt_d)
 
         # Generator: fool D and stay close to the target.
-        batch = batches[-1]
-        self.requires_grad(self.discriminator, False)
-        with self.parts.autocast():
-            fake = self._generate(batch["input"])
-            fake_logits = self.discriminator(self._pair(batch["input"], fake))
-        terms = {f"l_g_{self.adversarial_name}": self.adversarial.weight
-                 * criterion(fake_logits, True, for_discriminator=False)}
-        for name, loss in self.pixel_losses.items():
-            terms[f"l_g_{name}"] = loss(fake.float(), batch["target"])
-        total = sum(terms.values())
-        self.backward_step(total, self.opt_g)
-        self.requires_grad(self.discriminator, True)
-        logged = {k: v.item() for k, v in terms.items()}
-        logged.update(l_g_total=total.item(), l_d_real=l_d_real.item(), l_d_fake=l_d_fake.item())
+        logged = self.adversarial_generator_step(batches[-1], self.discriminator, self.adversarial,
+                                                 self.adversarial_name, self.pixel_losses, self.opt_g,
+                                                 pair=self._pair)
+        logged.update(l_d_real=l_d_real.item(), l_d_fake=l_d_fake.item())
         return logged
 
 

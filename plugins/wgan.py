@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 
 import toolbox
-from toolbox.errors import RecipeError
 from toolbox.scheme import Scheme
 
 
@@ -118,40 +117,25 @@ class WGANGP(Scheme):
         super().__init__(parts)
         if n_critic < 1:
             raise ValueError(f"n_critic must be at least 1, got {n_critic}")
-        losses = parts.losses()
-        if adversarial not in losses:
-            raise RecipeError(f"scheme 'wgan_gp' needs the critic loss under losses.{adversarial} "
-                              "({type: gan, mode: wgan})", parts.source, "losses")
-        self.adversarial = losses.pop(adversarial)
+        self.adversarial, self.content = self.split_adversarial(adversarial, "{type: gan, mode: wgan}")
         self.adversarial_name = adversarial
-        self.content = losses
         self.gp_weight = gp_weight
         self.conditional = conditional
         self.batches_per_step = n_critic
-        channels = parts.channels
-        self.generator = parts.generator()
-        self.critic = parts.discriminator(2 * channels if conditional else channels)
-        self.opt_g = parts.optimizer("generator", self.generator.parameters())
-        self.opt_d = parts.optimizer("discriminator", self.critic.parameters())
-        for name, item in (("generator", self.generator), ("discriminator", self.critic),
-                           ("generator", self.opt_g), ("discriminator", self.opt_d)):
-            self.track(name, item)
+        self.build_adversarial_pair(2 * parts.channels if conditional else parts.channels)
+        self.critic = self.discriminator
         self._gp_generator = torch.Generator().manual_seed(int(parts.recipe.get("seed", 0)))
         self.track("gradient_penalty", self._gp_generator)
 
     def _pair(self, source, image):
         return torch.cat([source, image], 1) if self.conditional else image
 
-    def _generate(self, source):
-        out = self.generator(source)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
     def train_step(self, batches, step):
         criterion = self.adversarial.module
         self.requires_grad(self.critic, True)
         for batch in batches:
             with torch.no_grad(), self.parts.autocast():
-                fake = self._generate(batch["input"])
+                fake = self.generate(batch["input"])
             real_pair, fake_pair = self._pair(batch["input"], batch["target"]), self._pair(batch["input"], fake)
             with self.parts.autocast():
                 l_d_real = criterion(self.critic(real_pair), True, for_discriminator=True)
@@ -159,21 +143,11 @@ class WGANGP(Scheme):
             # The penalty needs second derivatives: computed in full precision.
             l_d_gp = self.gp_weight * gradient_penalty(self.critic, real_pair, fake_pair, self._gp_generator)
             self.backward_step(l_d_real + l_d_fake + l_d_gp, self.opt_d)
-        batch = batches[-1]
-        self.requires_grad(self.critic, False)
-        with self.parts.autocast():
-            fake = self._generate(batch["input"])
-            judged = self.critic(self._pair(batch["input"], fake))
-        terms = {f"l_g_{self.adversarial_name}": self.adversarial.weight
-                 * criterion(judged, True, for_discriminator=False)}
-        for name, loss in self.content.items():
-            terms[f"l_g_{name}"] = loss(fake.float(), batch["target"])
-        total = sum(terms.values())
-        self.backward_step(total, self.opt_g)
-        self.requires_grad(self.critic, True)
-        logged = {k: v.item() for k, v in terms.items()}
-        logged.update(l_g_total=total.item(), l_d_real=l_d_real.item(), l_d_fake=l_d_fake.item(),
-                      l_d_gp=l_d_gp.item(), w_distance=-(l_d_real + l_d_fake).item())
+        logged = self.adversarial_generator_step(batches[-1], self.critic, self.adversarial,
+                                                 self.adversarial_name, self.content, self.opt_g,
+                                                 pair=self._pair)
+        logged.update(l_d_real=l_d_real.item(), l_d_fake=l_d_fake.item(), l_d_gp=l_d_gp.item(),
+                      w_distance=-(l_d_real + l_d_fake).item())
         return logged
 
 

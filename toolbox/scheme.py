@@ -141,6 +141,34 @@ class Scheme:
         raise NotImplementedError
 
     # -- helpers for subclasses ---------------------------------------------------------
+    def build_adversarial_pair(self, discriminator_channels: int) -> None:
+        """Build and track the generator, the discriminator and their optimizers
+        (``optimizers.generator`` / ``optimizers.discriminator``) as ``self.generator``,
+        ``self.discriminator``, ``self.opt_g`` and ``self.opt_d``."""
+        self.generator = self.parts.generator()
+        self.discriminator = self.parts.discriminator(discriminator_channels)
+        self.opt_g = self.parts.optimizer("generator", self.generator.parameters())
+        self.opt_d = self.parts.optimizer("discriminator", self.discriminator.parameters())
+        for name, part in (("generator", self.generator), ("discriminator", self.discriminator),
+                           ("generator", self.opt_g), ("discriminator", self.opt_d)):
+            self.track(name, part)
+
+    def split_adversarial(self, name: str, example: str) -> tuple[WeightedLoss, dict]:
+        """The recipe's losses split into the adversarial criterion ``losses.<name>`` and the
+        rest (content losses); a clear recipe error when it is missing."""
+        losses = self.parts.losses()
+        if name not in losses:
+            scheme = self.parts.recipe["scheme"]["type"]
+            raise RecipeError(
+                f"scheme '{scheme}' needs the adversarial loss under losses.{name} (e.g. {example}); "
+                f"found {', '.join(losses) or 'none'}", self.parts.source, "losses")
+        return losses.pop(name), losses
+
+    def generate(self, source: torch.Tensor) -> torch.Tensor:
+        """The generator's (first, full-size) output for ``source``."""
+        output = self.generator(source)
+        return output[0] if isinstance(output, (tuple, list)) else output
+
     def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Zero, backward (scaled under fp16), step."""
         optimizer.zero_grad(set_to_none=True)
@@ -148,6 +176,32 @@ class Scheme:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+
+    def adversarial_generator_step(self, batch: dict, discriminator: torch.nn.Module,
+                                   adversarial: WeightedLoss, adversarial_name: str,
+                                   content: dict, optimizer: torch.optim.Optimizer,
+                                   pair=None) -> dict[str, float]:
+        """One generator update: fool ``discriminator`` and match the target.
+
+        Terms are logged as ``l_g_<name>`` (``adversarial_name`` for the adversarial one) and
+        ``l_g_total``.  ``pair(source, image)`` builds what the discriminator sees (the image
+        alone by default; a conditional scheme concatenates the source).
+        """
+        pair = pair or (lambda source, image: image)
+        self.requires_grad(discriminator, False)
+        with self.parts.autocast():
+            fake = self.generate(batch["input"])
+            judged = discriminator(pair(batch["input"], fake))
+        terms = {f"l_g_{adversarial_name}": adversarial.weight
+                 * adversarial.module(judged, True, for_discriminator=False)}
+        for name, loss in content.items():
+            terms[f"l_g_{name}"] = loss(fake.float(), batch["target"])
+        total = sum(terms.values())
+        self.backward_step(total, optimizer)
+        self.requires_grad(discriminator, True)
+        logged = {k: v.item() for k, v in terms.items()}
+        logged["l_g_total"] = total.item()
+        return logged
 
     @staticmethod
     def requires_grad(module: torch.nn.Module, flag: bool) -> None:
