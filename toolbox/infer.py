@@ -41,8 +41,18 @@ def denoise_tensor(
     )
     was_training = network.training
     network.eval()
+    batch = image.unsqueeze(0)
+    size = tuple(batch.shape[2:])
+    short = [max(0, r - s) for r, s in zip(roi_size, size)]
+    if any(short):
+        # MONAI pads small images by reflection, which needs them larger than the pad: an
+        # image smaller than half a window (down to one voxel) is edge-padded here instead.
+        pads = []
+        for n in reversed(short):
+            pads.extend([0, n])
+        batch = torch.nn.functional.pad(batch, pads, mode="replicate")
     try:
-        batch = image.unsqueeze(0).to(device)
+        batch = batch.to(device)
         if autocast_dtype is not None:
             with torch.autocast(device.type, dtype=autocast_dtype):
                 out = inferer(batch, FirstOutput(network))
@@ -50,7 +60,8 @@ def denoise_tensor(
             out = inferer(batch, FirstOutput(network))
     finally:
         network.train(was_training)
-    return out[0].float().cpu()
+    out = out[(0, slice(None)) + tuple(slice(0, s) for s in size)]
+    return out.float().cpu()
 
 
 # -- applying a trained model to whole volumes ------------------------------------------------
