@@ -73,6 +73,20 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 
 
 @pytest.fixture(scope="session")
+def percentile_model(tmp_path_factory, small_ct):
+    """A 2D model with per-image percentile normalisation (microscopy / X-ray style),
+    trained for 2 steps: enough to exercise every input and output path."""
+    from toolbox.cli import main
+
+    root = tmp_path_factory.mktemp("pct_model")
+    recipe = tiny_recipe(small_ct)
+    recipe["data"]["normalize"] = {"type": "percentile"}
+    recipe["generator"] = {"type": "unet", "features": [4, 4, 4, 4, 4, 4]}
+    assert main(["run", str(write_recipe(root / "r.yaml", recipe)), "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
 def vgg_weights(tmp_path_factory) -> Path:
     """A torchvision-format VGG19 file (random weights, made here: no download)."""
     from toolbox_plugins.vgg import vgg19_features

@@ -11,7 +11,8 @@ import torch
 from conftest import SAMPLES, tiny_recipe
 from toolbox.data.datasets import PatchDataset, build_data
 from toolbox.data.normalize import fit_normalizer
-from toolbox.data.readers import list_images, read_image
+from toolbox.data.readers import read_image
+from toolbox.data.volumes import expand_inputs
 from toolbox.errors import ToolboxError
 from toolbox.recipe import validate
 
@@ -68,9 +69,9 @@ def test_wrong_dimensionality_is_explained():
 
 def test_missing_folder_and_empty_folder(tmp_path):
     with pytest.raises(ToolboxError, match="no such file or folder"):
-        list_images(tmp_path / "nope")
+        expand_inputs(tmp_path / "nope")
     with pytest.raises(ToolboxError, match="no images"):
-        list_images(tmp_path)
+        expand_inputs(tmp_path)
 
 
 def test_window_and_percentile_normalisers_invert():

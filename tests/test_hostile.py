@@ -11,18 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import tiny_recipe, write_recipe
 from toolbox.cli import main
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, small_ct):
-    root = tmp_path_factory.mktemp("hostile_model")
-    recipe = tiny_recipe(small_ct)
-    recipe["data"]["normalize"] = {"type": "percentile"}
-    recipe["generator"] = {"type": "unet", "features": [4, 4, 4, 4, 4, 4]}
-    assert main(["run", str(write_recipe(root / "r.yaml", recipe)), "--out", str(root / "run")]) == 0
-    return root / "run"
+@pytest.fixture
+def model(percentile_model):
+    return percentile_model
 
 
 def _denoise(model, source, output):

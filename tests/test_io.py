@@ -30,17 +30,6 @@ def ct_model(tmp_path_factory, small_ct):
     return root / "run"
 
 
-@pytest.fixture(scope="module")
-def percentile_model(tmp_path_factory, small_ct):
-    """A 2D model with per-image percentile normalisation (microscopy / X-ray style)."""
-    root = tmp_path_factory.mktemp("pct_model")
-    recipe = tiny_recipe(small_ct)
-    recipe["data"]["normalize"] = {"type": "percentile"}
-    recipe["generator"] = {"type": "unet", "features": [4, 4, 4, 4, 4, 4]}
-    assert main(["run", str(write_recipe(root / "r.yaml", recipe)), "--out", str(root / "run")]) == 0
-    return root / "run"
-
-
 @pytest.fixture
 def series(tmp_path):
     hu = ct_slices(6)

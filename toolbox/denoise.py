@@ -14,7 +14,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
 
     from toolbox.data.volumes import expand_inputs, read_volume
     from toolbox.infer import denoise_volume, load_trained_model
-    from toolbox.io import check_output, output_path_for, write_volume
+    from toolbox.io import check_output, write_volume
     from toolbox.train import make_console, pick_device
 
     console = console or make_console()
@@ -44,8 +44,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
                 progress.update(task, completed=done, total=total)
 
             units = denoise_volume(model, volume, device, overlap, report)
-            written.append(write_volume(volume, units, output_path_for(volume, output, batch) if batch
-                                        else target, description, overwrite))
+            written.append(write_volume(volume, units, target, description, overwrite))
     for path in written:
         console.print(f"wrote {path}")
     return written

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -26,11 +27,6 @@ from toolbox.data.volumes import Volume
 from toolbox.errors import ToolboxError
 
 
-def output_path_for(volume: Volume, out: Path, batch: bool) -> Path:
-    """Where the output of ``volume`` goes: ``out`` itself, or ``out/<input name>`` in a batch."""
-    return out / volume.path.name if batch else out
-
-
 def check_output(inputs: list[Path], output: Path, overwrite: bool) -> None:
     """Refuse outputs that are inputs, lie inside a DICOM input folder, or exist already."""
     resolved = output.resolve()
@@ -42,8 +38,8 @@ def check_output(inputs: list[Path], output: Path, overwrite: bool) -> None:
             raise ToolboxError(
                 f"{output}: lies inside the input folder {source}; choose an output outside it"
             )
-        if resolved.is_dir() and source in [p.resolve() for p in resolved.rglob("*")]:
-            raise ToolboxError(f"{output}: writing there would replace the input {source}")
+        if resolved in source.parents:  # replacing the output folder would delete the input
+            raise ToolboxError(f"{output}: holds the input {source}; choose an output outside it")
     if output.exists() and not overwrite:
         raise ToolboxError(f"{output}: already exists; pass --overwrite to replace it")
 
@@ -89,7 +85,6 @@ def _derived_image_type(value) -> list[str]:
 
 
 def _write_dicom(volume: Volume, units: np.ndarray, output: Path, description: str, overwrite: bool) -> None:
-    import pydicom
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
     from pydicom.uid import generate_uid
@@ -104,7 +99,7 @@ def _write_dicom(volume: Volume, units: np.ndarray, output: Path, description: s
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         for index, source in enumerate(headers):
-            ds = pydicom.dcmread(source.filename)
+            ds = copy.deepcopy(source)  # the input's full header, as read
             slope = float(ds.get("RescaleSlope", 1) or 1)
             intercept = float(ds.get("RescaleIntercept", 0) or 0)
             stored = to_stored(volume, data[index], slope, intercept)

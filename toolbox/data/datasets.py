@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from toolbox.data.normalize import Normalizer, fit_normalizer
-from toolbox.data.readers import list_images, read_image
+from toolbox.data.readers import read_image
 from toolbox.data.volumes import Volume, expand_inputs, read_volume, squeeze_spatial
 from toolbox.errors import ToolboxError
 
@@ -163,10 +163,6 @@ def _training_images(loaded: Loaded, dims: int, context: int = 1) -> list[np.nda
     return [np.take(loaded.array, i, axis=axis) for i in range(loaded.array.shape[axis])]
 
 
-def _files(paths, what):
-    return expand_inputs(paths) if paths else []
-
-
 def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
     from toolbox.plugins import get_registry
 
@@ -178,17 +174,16 @@ def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
     noise = registry.build("noise_models", data["noise"], source, "data.noise") if data.get("noise") else None
     seed = int(recipe["seed"])
     norm_spec = data["normalize"]
-    lister = list_images if reader is not None else _files
 
     paired = data.get("paired") or {}
     if paired:
-        noisy_train, clean_train = _read_paired(paired, "train", data, reader, lister)
+        noisy_train, clean_train = _read_paired(paired, "train", data, reader)
         noisy_val, clean_val = (
-            _read_paired(paired, "val", data, reader, lister) if paired.get("val_noisy") else ([], [])
+            _read_paired(paired, "val", data, reader) if paired.get("val_noisy") else ([], [])
         )
     else:
-        clean_train = [_load(p, data, reader) for p in lister(data["train"], "data.train")]
-        clean_val = [_load(p, data, reader) for p in lister(data["val"], "data.val")] if data.get("val") else []
+        clean_train = [_load(p, data, reader) for p in expand_inputs(data["train"])]
+        clean_val = [_load(p, data, reader) for p in expand_inputs(data["val"])] if data.get("val") else []
         noisy_train, noisy_val = None, None
 
     train_arrays, train_noisy = [], ([] if noisy_train is not None else None)
@@ -227,9 +222,9 @@ def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
     return DataBundle(train, held_out, dims, data["channels"], note)
 
 
-def _read_paired(paired: dict, split: str, data: dict, reader, lister):
-    noisy_files = lister(paired.get(f"{split}_noisy"), f"data.paired.{split}_noisy")
-    clean_files = lister(paired.get(f"{split}_clean"), f"data.paired.{split}_clean")
+def _read_paired(paired: dict, split: str, data: dict, reader):
+    noisy_files = expand_inputs(paired.get(f"{split}_noisy") or [])
+    clean_files = expand_inputs(paired.get(f"{split}_clean") or [])
     clean_by_name = {f.name: f for f in clean_files}
     missing = [f.name for f in noisy_files if f.name not in clean_by_name]
     if missing:

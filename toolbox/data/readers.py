@@ -50,31 +50,6 @@ def default_reader_name(path: Path) -> str:
     return "itk"
 
 
-def list_images(paths, what: str = "images") -> list[Path]:
-    """Image files in the given folders / files, sorted by name; an error if there are none."""
-    if paths is None:
-        return []
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    found: list[Path] = []
-    for entry in map(Path, paths):
-        if entry.is_dir():
-            files = sorted(
-                p for p in entry.iterdir()
-                if p.is_file() and suffix_of(p) in IMAGE_SUFFIXES and not p.name.startswith(".")
-            )
-            if not files:
-                raise ToolboxError(
-                    f"{entry}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"
-                )
-            found.extend(files)
-        elif entry.is_file():
-            found.append(entry)
-        else:
-            raise ToolboxError(f"{entry}: no such file or folder (for {what})")
-    return found
-
-
 def read_image(path, spatial_dims: int, channels: int = 1, reader=None) -> Image:
     """Read ``path`` as ``(channels, *spatial)`` float32; squeeze singleton extra axes."""
     from toolbox.plugins import get_registry

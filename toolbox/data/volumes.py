@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from toolbox.data.readers import IMAGE_SUFFIXES as VOLUME_SUFFIXES
 from toolbox.data.readers import suffix_of
 from toolbox.errors import ToolboxError
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".png", ".dcm", ".nrrd", ".mha", ".mhd")
 
 
 @dataclass
@@ -170,11 +170,15 @@ def read_dicom(path: Path, series: str | None = None) -> Volume:
                 f"{path}: several slices of series {uid} share a position; "
                 "is this a time series? Split it into one folder per time point"
             )
-        pixels = []
+        pixels, datasets = [], []
         for ds in headers:
             full = pydicom.dcmread(ds.filename)
             pixels.append(_dicom_pixels(full, Path(ds.filename)))
-            ds.file_meta = full.file_meta
+            # Keep the whole header for writing back (no third read), not the old pixels.
+            del full.PixelData
+            full.filename = ds.filename
+            datasets.append(full)
+        headers = datasets
     first = headers[0]
     frames = int(first.get("NumberOfFrames", 1) or 1)
     samples = int(first.get("SamplesPerPixel", 1) or 1)
