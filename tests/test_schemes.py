@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import toolbox
@@ -89,3 +90,60 @@ def test_amp_bf16_on_cpu_runs(small_ct, plugin_for_one_test):
     scheme = toolbox.build("schemes", checked["scheme"], parts=parts)
     terms = scheme.train_step([_batch(0)], 1)
     assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+
+
+def test_fp16_skips_an_overflowing_step_and_lowers_the_loss_scale(small_ct, plugin_for_one_test):
+    # fp16 autocast runs on CPU too; its GradScaler must see every backward of a scheme.
+    checked = validate(tiny_recipe(small_ct), "test")
+    parts = Parts(checked.data, "test", torch.device("cpu"), amp="fp16")
+    assert parts.amp_dtype is torch.float16 and parts.scaler.is_enabled()
+    scheme = toolbox.build("schemes", checked["scheme"], parts=parts)
+    terms = scheme.train_step([_batch(0)], 1)
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+    before = {k: v.detach().clone() for k, v in scheme.generator.named_parameters()}
+    scale = parts.scaler.get_scale()
+    with parts.autocast():
+        output = scheme.generate(_batch(0)["input"])
+    scheme.backward_step(output.float().sum() * float("inf"), scheme.opt_g)
+    assert parts.scaler.get_scale() == scale / 2
+    for key, value in scheme.generator.named_parameters():  # the step was skipped
+        assert torch.equal(value, before[key]), key
+    assert "scale" in scheme.state_dict()["scaler"]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_gives_the_same_step(dims, small_ct, plugin_for_one_test):
+    recipe = tiny_recipe(small_ct, generator={"type": "unet", "features": [4, 4, 8, 8, 8, 4]},
+                         losses={"pix": {"type": "l1"}}, scheme={"type": "supervised"})
+    recipe["data"]["spatial_dims"] = dims
+    recipe["data"]["patch_size"] = [16] * dims
+    del recipe["discriminator"], recipe["optimizers"]["discriminator"]
+    checked = validate(recipe, "test")
+    g = torch.Generator().manual_seed(0)
+    batch = {"input": torch.rand((2, 1) + (16,) * dims, generator=g)}
+    batch["target"] = batch["input"].clone()
+    losses = {}
+    for layout in (False, True):
+        torch.manual_seed(0)
+        parts = Parts(checked.data, "test", torch.device("cpu"), channels_last=layout)
+        scheme = toolbox.build("schemes", checked["scheme"], parts=parts)
+        moved = parts.to_device(batch)
+        if layout:
+            memory_format = torch.channels_last if dims == 2 else torch.channels_last_3d
+            assert moved["input"].is_contiguous(memory_format=memory_format)
+            weight = next(p for p in scheme.generator.parameters() if p.dim() == dims + 2)
+            assert weight.is_contiguous(memory_format=memory_format)
+        losses[layout] = [scheme.train_step([moved], step)["l_g_pix"] for step in (1, 2)]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_a_run_with_fp16_and_channels_last_resumes_with_its_loss_scale(small_ct, tmp_path):
+    from conftest import write_recipe
+    from toolbox.cli import main
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(small_ct))
+    run = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(run), "train.amp=fp16", "train.channels_last=true"]) == 0
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["recipe"]["train"]["amp"] == "fp16" and saved["scheme"]["scaler"]["scale"] > 0
+    assert main(["run", "--resume", str(run), "train.steps=3"]) == 0

@@ -29,28 +29,57 @@ def _warn_failed_plugins() -> None:
 
 
 def cmd_run(args) -> int:
+    from pathlib import Path
+
+    from toolbox.distributed import shutdown
     from toolbox.recipe import load_recipe
     from toolbox.train import run_training
 
     _warn_failed_plugins()
     if args.resume:
-        from pathlib import Path
-
         resume = Path(args.resume)
         if args.recipe is not None and "=" in args.recipe:  # `run --resume DIR key=value`
             args.overrides = [args.recipe, *args.overrides]
         if not (resume / "recipe.yaml").is_file():
             raise ToolboxError(f"{resume}: not a run folder (no recipe.yaml)")
         recipe = load_recipe(resume / "recipe.yaml", args.overrides)
-        run_dir, report = run_training(recipe, resume=resume)
     else:
         if args.recipe is None:
             raise ToolboxError("give a recipe, or --resume RUN_DIR")
         recipe = load_recipe(args.recipe, args.overrides, profile=args.profile)
-        run_dir, report = run_training(recipe, args.out)
-    print(f"Run folder: {run_dir}  (mean PSNR {report['mean']['psnr_noisy']:.2f} -> "
-          f"{report['mean']['psnr']:.2f} dB on held-out images)")
+    if args.nproc > 1:
+        return _relaunch_with_torchrun(args.nproc, args.argv)
+    try:
+        run_dir, report = run_training(recipe, args.out, resume=Path(args.resume) if args.resume else None)
+    finally:
+        shutdown()
+    if report is not None:  # rank 0 (or the only process)
+        print(f"Run folder: {run_dir}  (mean PSNR {report['mean']['psnr_noisy']:.2f} -> "
+              f"{report['mean']['psnr']:.2f} dB on held-out images)")
     return 0
+
+
+def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """``toolbox run --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m toolbox run ...``
+    (the recipe was checked here first, so that a recipe error is one line, not N)."""
+    import subprocess
+
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise ToolboxError("--nproc inside torchrun: give one or the other")
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "toolbox", *rest]
+    # torchrun would give each rank one thread; share the cores out instead.
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.call(command, env=env)
 
 
 def cmd_denoise(args) -> int:
@@ -59,9 +88,16 @@ def cmd_denoise(args) -> int:
     from toolbox.denoise import denoise_inputs
 
     _warn_failed_plugins()
-    denoise_inputs(Path(args.model), [Path(p) for p in args.inputs], Path(args.output),
-                   overwrite=args.overwrite, series=args.series, device_name=args.device,
-                   overlap=args.overlap)
+    if args.nproc > 1:
+        return _relaunch_with_torchrun(args.nproc, args.argv)
+    from toolbox.distributed import shutdown
+
+    try:
+        denoise_inputs(Path(args.model), [Path(p) for p in args.inputs], Path(args.output),
+                       overwrite=args.overwrite, series=args.series, device_name=args.device,
+                       overlap=args.overlap)
+    finally:
+        shutdown()
     return 0
 
 
@@ -186,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", help="apply the recipe's profiles.NAME overrides (e.g. paper)")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue a stopped run from its last checkpoint (same recipe)")
+    run.add_argument("--nproc", type=int, default=1, metavar="N",
+                     help="train with N processes (DDP; same as torchrun --nproc_per_node N -m toolbox run ...)")
     run.set_defaults(func=cmd_run)
 
     denoise = sub.add_parser("denoise", help="denoise NIfTI / DICOM series / TIFF / PNG with a trained model")
@@ -198,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--series", help="SeriesInstanceUID to pick in a folder with several series")
     denoise.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     denoise.add_argument("--overlap", type=float, help="sliding-window overlap (default: the recipe's)")
+    denoise.add_argument("--nproc", type=int, default=1, metavar="N",
+                         help="N processes, each denoising every N-th input (same as torchrun "
+                              "--nproc_per_node N -m toolbox denoise ...)")
     denoise.set_defaults(func=cmd_denoise)
 
     evaluate = sub.add_parser("evaluate", help="PSNR/SSIM of a model vs classical baselines, with figures")
@@ -257,6 +298,7 @@ def main(argv=None) -> int:
                 args.overrides = list(args.overrides) + extra
             else:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.argv = argv
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
@@ -264,7 +306,10 @@ def main(argv=None) -> int:
     except ToolboxError as error:
         if debug:
             raise
-        _stderr(f"Error: {error}")
+        from toolbox.distributed import FailedOnMainRank
+
+        if not isinstance(error, FailedOnMainRank):  # rank 0 says it once
+            _stderr(f"Error: {error}")
         return 2
     except KeyboardInterrupt:
         _stderr("Interrupted.")

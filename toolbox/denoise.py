@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toolbox.distributed import barrier, init_distributed, rank_slice
 from toolbox.errors import ToolboxError
 
 
@@ -15,10 +16,10 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
     from toolbox.data.volumes import expand_inputs, read_volume
     from toolbox.infer import denoise_volume, load_trained_model
     from toolbox.io import check_output, write_volume
-    from toolbox.train import make_console, pick_device
+    from toolbox.train import make_console
 
     console = console or make_console()
-    device = pick_device(device_name)
+    ranks, device = init_distributed(device_name)
     items = expand_inputs(inputs)
     batch = len(items) > 1 or (len(inputs) == 1 and Path(inputs[0]).is_dir() and items != [Path(inputs[0])])
     if batch and output.exists() and not output.is_dir():
@@ -29,6 +30,10 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
         check_output(list(items), target, overwrite)
     if len(set(targets)) != len(targets):
         raise ToolboxError("two inputs have the same name; they would write the same output")
+    # Under torchrun every rank checked every destination (the same answer everywhere)
+    # before any rank writes; now each takes every world_size-th input.
+    barrier()
+    mine = rank_slice(list(zip(items, targets)), ranks)
     model = load_trained_model(model_path, device)
     overlap = float(model.recipe["train"].get("val_overlap", 0.25)) if overlap is None else overlap
     description = f"denoised {model.name}"
@@ -36,7 +41,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
     with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                   console=console) as progress:
-        for item, target in zip(items, targets):
+        for item, target in mine:
             volume = read_volume(item, series=series, channels=model.channels)
             task = progress.add_task(item.name[:40], total=None)
 

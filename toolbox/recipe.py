@@ -122,9 +122,11 @@ SCHEMA = Section(
         "train": Section(
             {
                 "steps": Value((int,), required=True, help="generator steps"),
-                "batch_size": Value((int,), default=4),
+                "batch_size": Value((int,), default=4, help="per process (torchrun: per rank)"),
                 "device": Value((str,), default="auto", choices=("auto", "cpu", "cuda")),
                 "amp": Value((bool, str), default=False, choices=(False, True, "bf16", "fp16")),
+                "channels_last": Value((bool,), default=False,
+                                       help="channels-last memory layout (faster convolutions on recent GPUs)"),
                 "val_every": Value((int,), default=100),
                 "log_every": Value((int,), default=10),
                 "checkpoint_every": Value((int,), default=100),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from toolbox.distributed import unwrap, wrap_ddp
 from toolbox.errors import RecipeError
 
 
@@ -26,12 +27,15 @@ class WeightedLoss:
 class Parts:
     """Builds the recipe's parts on request, on the run's device.
 
-    ``generator()`` and ``discriminator(in_channels)`` are built once and cached;
+    ``generator()`` and ``discriminator(in_channels)`` are built once and cached (under
+    ``torchrun``, wrapped in DistributedDataParallel: use ``toolbox.unwrap(net)`` to reach
+    the network's own attributes);
     ``losses()`` returns name -> ``WeightedLoss``; ``optimizer(role, params)`` builds the
     optimizer the recipe gives under ``optimizers.<role>``.
     """
 
-    def __init__(self, recipe: dict, source: str, device: torch.device, amp=False):
+    def __init__(self, recipe: dict, source: str, device: torch.device, amp=False,
+                 channels_last: bool = False):
         from toolbox.plugins import get_registry
 
         self.recipe = recipe
@@ -43,6 +47,8 @@ class Parts:
         self.context = recipe["data"].get("context_slices", 1)
         self.registry = get_registry()
         self.amp_dtype = _amp_dtype(amp, device)
+        self.memory_format = (None if not channels_last else
+                              torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d)
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self._generator = None
@@ -55,6 +61,7 @@ class Parts:
                 spatial_dims=self.spatial_dims, in_channels=self.channels * self.context,
                 out_channels=self.channels,
             ).to(self.device)
+            self._generator = wrap_ddp(self._prepare(self._generator), self.device)
         return self._generator
 
     def discriminator(self, in_channels: int) -> torch.nn.Module:
@@ -69,7 +76,23 @@ class Parts:
                 "discriminators", spec, self.source, "discriminator",
                 spatial_dims=self.spatial_dims, in_channels=in_channels,
             ).to(self.device)
+            self._discriminator = wrap_ddp(self._prepare(self._discriminator), self.device)
         return self._discriminator
+
+    def _prepare(self, network: torch.nn.Module) -> torch.nn.Module:
+        if self.memory_format is not None:
+            network = network.to(memory_format=self.memory_format)
+        return network
+
+    def to_device(self, batch: dict) -> dict:
+        """A batch of tensors on the run's device, in the memory layout the networks use."""
+        moved = {}
+        for key, value in batch.items():
+            value = value.to(self.device, non_blocking=True)
+            if self.memory_format is not None and value.dim() == self.spatial_dims + 2:
+                value = value.contiguous(memory_format=self.memory_format)
+            moved[key] = value
+        return moved
 
     def losses(self) -> dict[str, WeightedLoss]:
         built = {}
@@ -214,7 +237,7 @@ class Scheme:
 
     def state_dict(self) -> dict:
         return {
-            "modules": {k: m.state_dict() for k, m in self._modules.items()},
+            "modules": {k: unwrap(m).state_dict() for k, m in self._modules.items()},
             "optimizers": {k: o.state_dict() for k, o in self._optimizers.items()},
             "generators": {k: g.get_state() for k, g in self._generators.items()},
             "scaler": self.parts.scaler.state_dict(),
@@ -222,7 +245,7 @@ class Scheme:
 
     def load_state_dict(self, state: dict) -> None:
         for k, m in self._modules.items():
-            m.load_state_dict(state["modules"][k])
+            unwrap(m).load_state_dict(state["modules"][k])
         for k, o in self._optimizers.items():
             if k in state.get("optimizers", {}):
                 o.load_state_dict(state["optimizers"][k])

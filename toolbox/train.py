@@ -20,6 +20,8 @@ import yaml
 
 from toolbox import __version__
 from toolbox.checkpoint import atomic_write, save_checkpoint
+from toolbox.distributed import (Ranks, barrier, broadcast_from_main, gather_to_all, init_distributed,
+                                 mean_over_ranks, run_on_main, unwrap)
 from toolbox.errors import ToolboxError
 from toolbox.recipe import Recipe
 
@@ -177,10 +179,19 @@ def _environment(device: torch.device) -> dict:
     }
 
 
-def _loader(dataset, batch_size: int, start_index: int, total: int, num_workers: int, seed: int):
-    # Indices run on from where the last step stopped: sample i is a pure function of
-    # (seed, i), so a resumed run sees the same samples as an uninterrupted one.
-    indices = range(start_index, total)
+def batch_indices(batch_size: int, start_batch: int, total_batches: int, ranks: Ranks) -> list[int]:
+    """The sample indices this rank draws, batch after batch.
+
+    Sample i is a pure function of (seed, i).  Global batch b is samples
+    [b * world * size, (b + 1) * world * size), of which rank r takes the r-th slice: so a
+    resumed run sees the samples an uninterrupted one would, and N ranks with batch B see
+    what one process with batch N * B sees.
+    """
+    world, size = ranks.world_size, batch_size
+    return [(b * world + ranks.rank) * size + j for b in range(start_batch, total_batches) for j in range(size)]
+
+
+def _loader(dataset, batch_size: int, indices: list[int], num_workers: int, seed: int):
     subset = torch.utils.data.Subset(dataset, indices)
     return torch.utils.data.DataLoader(
         subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -193,13 +204,21 @@ def _seed_worker(seed: int, worker: int) -> None:
     seed_everything(seed + worker)
 
 
+def _fingerprint(modules: dict) -> list[float]:
+    return [float(sum(p.detach().double().sum() for p in unwrap(m).parameters())) for m in modules.values()]
+
+
 def run_training(recipe: Recipe, out: str | None = None, console=None,
-                 resume: Path | None = None) -> tuple[Path, dict]:
+                 resume: Path | None = None) -> tuple[Path, dict | None]:
     """Train what ``recipe`` describes; the run folder is created only once all parts built.
 
     ``resume``: a run folder to continue from its last complete checkpoint (models,
     optimizers, scaler, step, best score, every random state; the data sampler is a pure
     function of the step), so the result equals an uninterrupted run's.
+
+    Under ``torchrun`` every rank trains on its share of each batch (DDP averages the
+    gradients); rank 0 alone validates, logs and writes the run folder, and alone returns
+    the report (the others return ``None``).
     """
     from toolbox.checkpoint import load_checkpoint
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -208,61 +227,81 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
     from toolbox.plugins import get_registry
     from toolbox.scheme import Parts
 
+    config = recipe.data
+    train_cfg = config["train"]
+    ranks, device = init_distributed(train_cfg["device"])
     console = console or make_console()
+    if not ranks.is_main:
+        from rich.console import Console
+
+        console = Console(quiet=True)
     if resume is None:
-        check_run_dir(out)
+        run_on_main(ranks, lambda: check_run_dir(out))
     else:
         last_path = Path(resume) / "checkpoints" / "last.pt"
         if not last_path.is_file():
             raise ToolboxError(f"{resume}: no checkpoints/last.pt to resume from")
         last = load_checkpoint(last_path)
-    config = recipe.data
-    train_cfg = config["train"]
     seed = int(config["seed"])
     seed_everything(seed)
-    device = pick_device(train_cfg["device"])
 
     # Everything is built and checked before the first batch.
     data = build_data(config, recipe.source)
     if not data.held_out:
         raise ToolboxError(f"{recipe.source}: give data.val (held-out images) to validate on")
-    parts = Parts(config, recipe.source, device, amp=train_cfg["amp"])
+    parts = Parts(config, recipe.source, device, amp=train_cfg["amp"],
+                  channels_last=train_cfg["channels_last"])
     scheme = get_registry().build("schemes", config["scheme"], recipe.source, "scheme", parts=parts)
     if scheme.generator is None:
         raise ToolboxError(f"scheme '{config['scheme']['type']}' did not set its generator")
+    generator = unwrap(scheme.generator)  # validation runs on rank 0 alone, outside DDP
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in scheme.modules().items()}
     start_step, best_psnr = 0, -float("inf")
     if resume is None:
-        run_dir = make_run_dir(recipe, out, recipe.source)
-        # The resolved recipe (profile and overrides applied) re-runs as it is.
-        resolved = {k: v for k, v in config.items() if k != "profiles"}
-        atomic_write(run_dir / "recipe.yaml",
-                     lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"))
-        run_info = {"seed": seed, "profile": recipe.profile, "parameters": n_params, **_environment(device)}
-        atomic_write(run_dir / "run.json",
-                     lambda tmp: tmp.write_text(json.dumps(run_info, indent=2), encoding="utf-8"))
+        def create_run_dir() -> Path:
+            run_dir = make_run_dir(recipe, out, recipe.source)
+            # The resolved recipe (profile and overrides applied) re-runs as it is.
+            resolved = {k: v for k, v in config.items() if k != "profiles"}
+            atomic_write(run_dir / "recipe.yaml",
+                         lambda tmp: tmp.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"))
+            run_info = {"seed": seed, "profile": recipe.profile, "parameters": n_params,
+                        "world_size": ranks.world_size, **_environment(device)}
+            atomic_write(run_dir / "run.json",
+                         lambda tmp: tmp.write_text(json.dumps(run_info, indent=2), encoding="utf-8"))
+            return run_dir
+
+        run_dir = run_on_main(ranks, create_run_dir)
     else:
         run_dir = Path(resume)
         scheme.load_state_dict(last["scheme"])
         start_step, best_psnr = int(last["step"]), float(last.get("best_psnr", -float("inf")))
-        restore_rng(last["rng"])
-        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
-    log = MetricsLog(run_dir / "metrics.jsonl")
+        per_rank = last.get("rng_ranks") or []
+        restore_rng(per_rank[ranks.rank] if len(per_rank) == ranks.world_size else last["rng"])
+        if ranks.is_main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+    log = MetricsLog(run_dir / "metrics.jsonl") if ranks.is_main else None
 
     roi = config["data"]["patch_size"]
     overlap = float(train_cfg["val_overlap"])
     dims = data.spatial_dims
     limit = train_cfg["val_max_images"]
     context = config["data"].get("context_slices", 1)
+    world = f"  ranks={ranks.world_size}" if ranks.distributed else ""
     console.print(
-        f"[bold]toolbox run[/] {recipe.source} -> {run_dir}  device={device}  "
+        f"[bold]toolbox run[/] {recipe.source} -> {run_dir}  device={device}{world}  "
         + "  ".join(f"{k}={v / 1e6:.2f}M params" for k, v in n_params.items())
     )
+
+    def validate(**kwargs):
+        return evaluate_held_out(generator, data.held_out, dims, roi, overlap, device,
+                                 parts.amp_dtype, context=context, **kwargs)
+
     if resume is None:
-        baseline = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap, device,
-                                     parts.amp_dtype, limit, context=context)
-        log.write({"step": 0, "split": "val", "psnr_noisy": mean(baseline, "psnr_noisy"),
-                   "ssim_noisy": mean(baseline, "ssim_noisy")})
+        if ranks.is_main:
+            baseline = validate(limit=limit)
+            log.write({"step": 0, "split": "val", "psnr_noisy": mean(baseline, "psnr_noisy"),
+                       "ssim_noisy": mean(baseline, "ssim_noisy")})
+        barrier()
     else:
         console.print(f"Resuming {run_dir} after step {start_step}")
 
@@ -272,21 +311,31 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
     if start_step >= steps:
         raise ToolboxError(f"{run_dir}: already trained {start_step} of {steps} steps; "
                            "raise train.steps to train on")
-    loader = _loader(data.train, batch_size, start_step * per_step * batch_size,
-                     steps * per_step * batch_size, int(train_cfg["num_workers"]), seed)
+    indices = batch_indices(batch_size, start_step * per_step, steps * per_step, ranks)
+    loader = _loader(data.train, batch_size, indices, int(train_cfg["num_workers"]), seed)
     running: dict[str, float] = {}
     started = time.time()
 
     def checkpoint(name: str, step: int, extra: dict | None = None) -> None:
+        # Collective: every rank hands in its random state and a weight fingerprint.
+        rng_ranks = gather_to_all(capture_rng())
+        fingerprints = gather_to_all(_fingerprint(scheme.modules()))
+        if any(f != fingerprints[0] for f in fingerprints):
+            raise ToolboxError(f"step {step}: the ranks' weights differ ({fingerprints}); a scheme "
+                               "must update every network on every rank")
+        if not ranks.is_main:
+            return
         payload = {
             "format": 1,
             "step": step,
             "recipe": config,
             "scheme": scheme.state_dict(),
-            "generator": scheme.generator.state_dict(),
+            "generator": generator.state_dict(),
             "toolbox_version": __version__,
             "best_psnr": best_psnr,
-            "rng": capture_rng(),
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
+            "world_size": ranks.world_size,
             **(extra or {}),
         }
         save_checkpoint(run_dir / "checkpoints" / f"{name}.pt", payload)
@@ -294,7 +343,7 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
     progress = Progress(
         TextColumn("[bold blue]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-        console=console, transient=False,
+        console=console, transient=False, disable=not ranks.is_main,
     )
     scheme.train(True)
     batches_iter = iter(loader)
@@ -304,8 +353,8 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
             batches = []
             for _ in range(per_step):
                 batch = next(batches_iter)
-                batches.append({k: v.to(device, non_blocking=True) for k, v in batch.items()})
-            terms = scheme.train_step(batches, step)
+                batches.append(parts.to_device(batch))
+            terms = mean_over_ranks(scheme.train_step(batches, step))
             for key, value in terms.items():
                 if not np.isfinite(value):
                     raise ToolboxError(
@@ -313,30 +362,43 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
                         "rate or check the data normalisation"
                     )
                 running[key] = value if key not in running else 0.9 * running[key] + 0.1 * value
-            if step % train_cfg["log_every"] == 0 or step == steps:
+            if ranks.is_main and (step % train_cfg["log_every"] == 0 or step == steps):
                 log.write({"step": step, "split": "train", **terms,
                            "seconds": round(time.time() - started, 2)})
                 progress.update(task, losses=" ".join(f"{k}={v:.4g}" for k, v in running.items()))
             if step % train_cfg["val_every"] == 0 or step == steps:
-                rows = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap,
-                                         device, parts.amp_dtype, limit, context=context)
-                psnr, ssim = mean(rows, "psnr"), mean(rows, "ssim")
-                log.write({"step": step, "split": "val", "psnr": psnr, "ssim": ssim})
-                if psnr > best_psnr:
-                    best_psnr = psnr
-                    checkpoint("best", step, {"val_psnr": psnr, "val_ssim": ssim})
+                improved = None
+                if ranks.is_main:
+                    rows = validate(limit=limit)
+                    psnr, ssim = mean(rows, "psnr"), mean(rows, "ssim")
+                    log.write({"step": step, "split": "val", "psnr": psnr, "ssim": ssim})
+                    improved = {"val_psnr": psnr, "val_ssim": ssim} if psnr > best_psnr else None
+                improved = broadcast_from_main(improved)
+                if improved is not None:
+                    best_psnr = improved["val_psnr"]
+                    checkpoint("best", step, improved)
                 scheme.train(True)
             if step % train_cfg["checkpoint_every"] == 0 or step == steps:
                 checkpoint("last", step)
             progress.advance(task)
 
-    # Final report on every held-out image with the best checkpoint.
+    if not ranks.is_main:
+        barrier()  # rank 0 writes the final report
+        return run_dir, None
+    try:
+        report = _final_report(run_dir, config, data, generator, validate, started, console)
+    finally:
+        barrier()
+    return run_dir, report
+
+
+def _final_report(run_dir: Path, config: dict, data, generator, validate, started: float, console) -> dict:
+    """Every held-out image with the best checkpoint: table, eval.json, figures, outputs."""
     from toolbox.checkpoint import load_checkpoint
 
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    scheme.generator.load_state_dict(best["generator"])
-    rows, outputs = evaluate_held_out(scheme.generator, data.held_out, dims, roi, overlap, device,
-                                      parts.amp_dtype, keep=True, context=context)
+    generator.load_state_dict(best["generator"])
+    rows, outputs = validate(keep=True)
     written = write_held_out_outputs(run_dir, data.held_out, outputs, rows,
                                      f"{config.get('name') or 'model'} step {best['step']}")
     report = {
@@ -353,7 +415,7 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
     print_report(report, console)
     console.print(f"Figures in {run_dir / 'figures'}; noisy and denoised held-out images in "
                   f"{run_dir / 'held_out'}")
-    return run_dir, report
+    return report
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
