@@ -141,7 +141,10 @@ class EfficientUNet(torch.nn.Module):
     """ADL's Efficient-UNet denoiser: returns (full, 1/2, 1/4 scale) images.
 
     ``filters``/``bridge``: encoder widths (paper 96, 128, 160 and 192).  ``output:
-    sigmoid`` (paper) keeps images in 0..1; ``linear`` suits data normalised beyond it.
+    sigmoid`` (paper) keeps images in 0..1; ``linear`` suits data normalised beyond it;
+    ``residual`` adds each head's output to the input (average-pooled to the head's scale;
+    for 2.5D inputs, the middle slice), so the network learns the noise, not the image,
+    and weak noise passes through without the blur of rebuilding the image.
     Inputs of any size are padded to a multiple of 8 and cropped back (the 1/2 and 1/4
     outputs to the matching sizes).
     """
@@ -151,9 +154,13 @@ class EfficientUNet(torch.nn.Module):
                  enhancer_kernel: int = 7, content_enhancer: bool = True, output: str = "sigmoid"):
         super().__init__()
         _check_filters(filters, bridge, "efficient_unet")
-        if output not in ("sigmoid", "linear"):
-            raise ValueError(f"output must be sigmoid or linear, got {output!r}")
+        if output not in ("sigmoid", "linear", "residual"):
+            raise ValueError(f"output must be sigmoid, linear or residual, got {output!r}")
+        if output == "residual" and in_channels % out_channels:
+            raise ValueError(f"output: residual needs in_channels ({in_channels}) to be a multiple "
+                             f"of out_channels ({out_channels})")
         d = spatial_dims
+        self.out_channels = out_channels
         f1, f2, f3 = filters
         self.enhancer = ContentEnhancer(d, in_channels, f1, norm, enhancer_kernel) if content_enhancer else None
         self.enc1 = ResidualBlock(d, in_channels, f1, norm=norm)
@@ -180,12 +187,23 @@ class EfficientUNet(torch.nn.Module):
         skip = torch.cat([s1, self.enhancer(padded)], dim=1) if self.enhancer is not None else s1
         full = self.head_full(self.dec3(y, skip))
         outs = []
+        if self.output == "residual":
+            middle = (padded.shape[1] // self.out_channels) // 2 * self.out_channels
+            source = padded[:, middle:middle + self.out_channels]
         for image, factor in ((full, 1), (half, 2), (quarter, 4)):
             if self.output == "sigmoid":
                 image = torch.sigmoid(image)
+            elif self.output == "residual":
+                pooled = source if factor == 1 else _average_pool(source, factor)
+                image = image + pooled[(slice(None), slice(None)) + tuple(slice(0, n) for n in image.shape[2:])]
             size = [math.ceil(s.stop / factor) for s in crop[2:]]
             outs.append(image[(slice(None), slice(None)) + tuple(slice(0, n) for n in size)])
         return tuple(outs)
+
+
+def _average_pool(x: torch.Tensor, factor: int) -> torch.Tensor:
+    pool = torch.nn.functional.avg_pool3d if x.dim() == 5 else torch.nn.functional.avg_pool2d
+    return pool(x, factor, ceil_mode=True)
 
 
 class EfficientUNetDiscriminator(torch.nn.Module):

@@ -209,3 +209,21 @@ def test_deep_supervision_uses_every_scale(small_ct, plugin_for_one_test):
     every.generator.load_state_dict(full_only.generator.state_dict())
     batch = _batch()
     assert every.train_step([batch], 1)["l_g_fidelity"] > full_only.train_step([batch], 1)["l_g_fidelity"]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_residual_output_passes_the_input_through_when_the_heads_are_silent(dims):
+    # 3 input channels = a 2.5D stack: the middle slice is the one the output adds to.
+    net = EfficientUNet(dims, 3, 1, filters=(4, 4, 8), bridge=8, output="residual")
+    for head in (net.head_full, net.head_half, net.head_quarter):
+        for p in head.parameters():
+            torch.nn.init.zeros_(p)
+    x = torch.rand((2, 3) + (12,) * dims)
+    full, half, quarter = net.eval()(x)
+    middle = x[:, 1:2]
+    pool = torch.nn.functional.avg_pool3d if dims == 3 else torch.nn.functional.avg_pool2d
+    torch.testing.assert_close(full, middle)
+    torch.testing.assert_close(half, pool(middle, 2, ceil_mode=True))
+    torch.testing.assert_close(quarter, pool(middle, 4, ceil_mode=True))
+    with pytest.raises(ValueError, match="multiple"):
+        EfficientUNet(dims, 3, 2, filters=(4, 4, 8), bridge=8, output="residual")

@@ -7,6 +7,8 @@ The public API for plugin authors and scripts:
 - ``build(kind, spec, **injected)``: build a part from ``{"type": NAME, ...options}``.
 - ``ToolboxError``: the error type for user mistakes; the CLI prints it as one line.
 - ``Scheme``: the base class of training schemes (``toolbox.scheme``).
+- ``unwrap(net)``: the network inside a DistributedDataParallel wrapper (under ``torchrun``
+  the networks a scheme gets from ``Parts`` are wrapped).
 
 Heavy modules (torch, MONAI) are imported lazily so that ``toolbox --help`` starts fast.
 """
@@ -48,7 +50,11 @@ def __getattr__(name: str):
         from toolbox.scheme import Scheme
 
         return Scheme
+    if name == "unwrap":
+        from toolbox.distributed import unwrap
+
+        return unwrap
     raise AttributeError(f"module 'toolbox' has no attribute {name!r}")
 
 
-__all__ = ["hookimpl", "components", "build", "ToolboxError", "Scheme", "__version__"]
+__all__ = ["hookimpl", "components", "build", "ToolboxError", "Scheme", "unwrap", "__version__"]

@@ -114,7 +114,8 @@ def mean_over_ranks(terms: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, values.tolist()))
 
 
-def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def wrap_ddp(module: torch.nn.Module, device: torch.device,
+             find_unused_parameters: bool = False) -> torch.nn.Module:
     """``module`` in DistributedDataParallel when there are several ranks, else itself.
 
     Buffers (BatchNorm running statistics) are broadcast from rank 0 at every forward,
@@ -125,7 +126,7 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:

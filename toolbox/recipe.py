@@ -125,6 +125,8 @@ SCHEMA = Section(
                 "batch_size": Value((int,), default=4, help="per process (torchrun: per rank)"),
                 "device": Value((str,), default="auto", choices=("auto", "cpu", "cuda")),
                 "amp": Value((bool, str), default=False, choices=(False, True, "bf16", "fp16")),
+                "find_unused_parameters": Value((bool,), default=False,
+                                                help="DDP: networks with parameters some steps do not use"),
                 "channels_last": Value((bool,), default=False,
                                        help="channels-last memory layout (faster convolutions on recent GPUs)"),
                 "val_every": Value((int,), default=100),

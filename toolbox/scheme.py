@@ -47,6 +47,7 @@ class Parts:
         self.context = recipe["data"].get("context_slices", 1)
         self.registry = get_registry()
         self.amp_dtype = _amp_dtype(amp, device)
+        self.find_unused = bool(recipe.get("train", {}).get("find_unused_parameters", False))
         self.memory_format = (None if not channels_last else
                               torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d)
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
@@ -61,7 +62,7 @@ class Parts:
                 spatial_dims=self.spatial_dims, in_channels=self.channels * self.context,
                 out_channels=self.channels,
             ).to(self.device)
-            self._generator = wrap_ddp(self._prepare(self._generator), self.device)
+            self._generator = wrap_ddp(self._prepare(self._generator), self.device, self.find_unused)
         return self._generator
 
     def discriminator(self, in_channels: int) -> torch.nn.Module:
@@ -76,7 +77,7 @@ class Parts:
                 "discriminators", spec, self.source, "discriminator",
                 spatial_dims=self.spatial_dims, in_channels=in_channels,
             ).to(self.device)
-            self._discriminator = wrap_ddp(self._prepare(self._discriminator), self.device)
+            self._discriminator = wrap_ddp(self._prepare(self._discriminator), self.device, self.find_unused)
         return self._discriminator
 
     def _prepare(self, network: torch.nn.Module) -> torch.nn.Module:

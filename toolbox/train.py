@@ -277,6 +277,10 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
         start_step, best_psnr = int(last["step"]), float(last.get("best_psnr", -float("inf")))
         per_rank = last.get("rng_ranks") or []
         restore_rng(per_rank[ranks.rank] if len(per_rank) == ranks.world_size else last["rng"])
+        if int(last.get("world_size", 1)) != ranks.world_size:
+            console.print(f"[yellow]Note:[/] the run was trained with {last.get('world_size', 1)} "
+                          f"process(es), now {ranks.world_size}: it continues, but the batches differ "
+                          "from an uninterrupted run's")
         if ranks.is_main:
             _truncate_metrics(run_dir / "metrics.jsonl", start_step)
     log = MetricsLog(run_dir / "metrics.jsonl") if ranks.is_main else None
@@ -354,7 +358,14 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
             for _ in range(per_step):
                 batch = next(batches_iter)
                 batches.append(parts.to_device(batch))
-            terms = mean_over_ranks(scheme.train_step(batches, step))
+            try:
+                terms = mean_over_ranks(scheme.train_step(batches, step))
+            except RuntimeError as error:
+                if "find_unused_parameters" in str(error):  # DDP: a parameter got no gradient
+                    raise ToolboxError(
+                        f"step {step}: a network has parameters this step did not use; set "
+                        "train.find_unused_parameters: true for multi-process training") from error
+                raise
             for key, value in terms.items():
                 if not np.isfinite(value):
                     raise ToolboxError(

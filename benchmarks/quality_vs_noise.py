@@ -1,0 +1,63 @@
+"""Quality of one trained model across noise levels, against the classical baselines.
+
+Runs ``toolbox evaluate`` (``toolbox.evaluate.evaluate``) once per sigma with synthetic
+Gaussian noise (normalised units, fixed seed) on held-out clean images, and prints one
+Markdown table: mean PSNR / SSIM per method and sigma, and the model's margin over BM3D
+(2D) / BM4D (3D) given the true sigma, against the +1.5 dB target.  A model trained for
+one sigma is thus also seen away from it (as the EM paper evaluates).
+
+BM3D / BM4D appear only where installed (see versus_bm3d_bm4d.py: benchmark environment
+only).  Each evaluation's report.json and figures go to ``--out/sigma_<value>/``.
+
+    python benchmarks/quality_vs_noise.py RUN_DIR samples/ct/test --sigmas 0.05 0.1 0.2 0.3 --out bench/ct
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="run folder or checkpoint")
+    parser.add_argument("data", nargs="+", help="held-out clean images or folders")
+    parser.add_argument("--sigmas", nargs="+", type=float, required=True)
+    parser.add_argument("--out", required=True, help="folder for the per-sigma reports")
+    parser.add_argument("--target", type=float, default=1.5, help="required dB over BM3D/BM4D")
+    args = parser.parse_args()
+
+    from rich.console import Console
+
+    from toolbox.evaluate import evaluate
+
+    quiet = Console(quiet=True)
+    reports = {}
+    for sigma in args.sigmas:
+        reports[sigma] = evaluate(Path(args.model), args.data, noise_spec={"type": "gaussian", "sigma": sigma},
+                                  out_dir=Path(args.out) / f"sigma_{sigma}", device_name="cpu", console=quiet)
+    methods = list(next(iter(reports.values()))["mean"])
+    model = next(m for m in methods if m.startswith("model"))
+    reference = next((m for m in methods if m in ("BM3D", "BM4D")), None)
+    images = sorted({r["image"] for r in next(iter(reports.values()))["rows"]})
+    print(f"Mean PSNR dB / SSIM over {', '.join(images)}; Gaussian noise, sigma in normalised units "
+          f"(x255 = grey levels of 8 bits)\n")
+    header = ["sigma"] + methods + ([f"model - {reference}", "target"] if reference else [])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for sigma, report in reports.items():
+        mean = report["mean"]
+        best = max((m for m in methods if m != model), key=lambda m: mean[m]["psnr"])
+        cells = [f"{sigma:g} ({255 * sigma:.0f})"]
+        for method in methods:
+            cell = f"{mean[method]['psnr']:.2f} / {mean[method]['ssim']:.3f}"
+            cells.append(f"**{cell}**" if method in (best, model) and mean[method]["psnr"] >= mean[best]["psnr"]
+                         else cell)
+        if reference:
+            margin = mean[model]["psnr"] - mean[reference]["psnr"]
+            cells += [f"{margin:+.2f}", "met" if margin >= args.target else f"short by {args.target - margin:.2f} dB"]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""A trained model against BM3D (2D) / BM4D (3D) side by side: seconds and PSNR/SSIM.
+
+The clean image is normalised as the model's recipe says, Gaussian noise of the given
+sigma (normalised units) is added with a fixed seed, and both methods denoise the same
+noisy image on this machine, one after the other; BM3D / BM4D get the true sigma.  The
+model's time is the best of ``--repeats`` runs after one warm-up run (thread pools and
+allocator warm); BM3D / BM4D run once (they take seconds to minutes).
+
+``--held-out AXIS:START:STOP`` scores a sub-range too (e.g. the slices of a volume the
+model never trained on), so that a speed measurement on a full volume still reports
+an honest quality figure.
+
+BM3D and BM4D (PyPI ``bm3d`` / ``bm4d``) are non-commercial binaries: install them only in
+a benchmark environment, never as a toolbox dependency:
+
+    python3 -m venv .venv-bench && . .venv-bench/bin/activate
+    pip install torch==2.13.0 && pip install -e . bm3d bm4d
+    python benchmarks/versus_bm3d_bm4d.py RUN_DIR samples/ct/test/spine.nii.gz --sigma 0.196 --target 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="run folder or checkpoint")
+    parser.add_argument("image", help="a clean image (NIfTI, TIFF, DICOM series ...)")
+    parser.add_argument("--sigma", type=float, required=True, help="Gaussian sigma, normalised units")
+    parser.add_argument("--target", type=float, default=None, help="required speed-up over BM3D/BM4D")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--held-out", help="AXIS:START:STOP of the spatial array also scored alone")
+    parser.add_argument("--seed", type=int, default=12345)
+    args = parser.parse_args()
+
+    from toolbox.baselines import bm3d_or_bm4d
+    from toolbox.evaluate import build_cases
+    from toolbox.infer import denoise_normalised, load_trained_model
+    from toolbox.metrics import psnr_ssim
+
+    device = torch.device("cpu")
+    model = load_trained_model(Path(args.model), device)
+    case = build_cases(model, [Path(args.image)], noise_spec={"type": "gaussian", "sigma": args.sigma},
+                       seed=args.seed)[0]
+    dims = case.clean.ndim - 1
+    voxels = int(np.prod(case.clean.shape[1:]))
+
+    denoise_normalised(model, case.noisy, case.slice_axis, device)  # warm-up
+    model_seconds = float("inf")
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        denoised = denoise_normalised(model, case.noisy, case.slice_axis, device)
+        model_seconds = min(model_seconds, time.perf_counter() - started)
+    started = time.perf_counter()
+    classical = bm3d_or_bm4d(case.noisy, args.sigma)
+    classical_seconds = time.perf_counter() - started
+    name = "BM3D" if dims == 2 else "BM4D"
+
+    regions = [("whole", (slice(None),) * (dims + 1))]
+    if args.held_out:
+        axis, start, stop = (int(v) for v in args.held_out.split(":"))
+        index = [slice(None)] * (dims + 1)
+        index[axis + 1] = slice(start, stop)
+        regions.append((f"axis {axis} {start}:{stop}", tuple(index)))
+
+    def scores(result, index):
+        return psnr_ssim(torch.from_numpy(np.ascontiguousarray(result[index])),
+                         torch.from_numpy(np.ascontiguousarray(case.clean[index])), dims)
+
+    shape = "x".join(map(str, case.clean.shape[1:]))
+    print(f"{case.name} ({shape}, {voxels:,} voxels), Gaussian sigma {args.sigma} "
+          f"(= {255 * args.sigma:.0f}/255), {torch.get_num_threads()} threads\n")
+    print("| method | seconds | voxels/s | " + " | ".join(f"PSNR / SSIM ({r})" for r, _ in regions) + " |")
+    print("|---|---|---|" + "---|" * len(regions))
+    for label, result, seconds in (("noisy", case.noisy, None), (f"model ({model.name})", denoised, model_seconds),
+                                   (f"{name} (true sigma)", classical, classical_seconds)):
+        cells = [f"{p:.2f} / {s:.3f}" for p, s in (scores(result, index) for _, index in regions)]
+        timing = "-" if seconds is None else f"{seconds:.2f}"
+        rate = "-" if seconds is None else f"{voxels / seconds:,.0f}"
+        print(f"| {label} | {timing} | {rate} | " + " | ".join(cells) + " |")
+    speedup = classical_seconds / model_seconds
+    print(f"\nSpeed-up over {name}: {speedup:.1f}x"
+          + ("" if args.target is None else
+             f" (target {args.target:.0f}x: {'met' if speedup >= args.target else f'missed by {args.target / speedup:.1f}x'})"))
+    for region, index in regions:
+        gain = scores(denoised, index)[0] - scores(classical, index)[0]
+        print(f"PSNR model - {name} ({region}): {gain:+.2f} dB")
+
+
+if __name__ == "__main__":
+    main()
