@@ -1,4 +1,4 @@
-"""Several processes (``torchrun``): who am I, talk to the others, wrap networks in DDP.
+"""Devices and several processes (``torchrun``): who am I, talk to the others, wrap in DDP.
 
 A single process is the case of one rank: every helper here is then a no-op, so the
 training loop has one code path.  ``torchrun --nproc_per_node N -m toolbox run RECIPE``
@@ -41,10 +41,16 @@ def launched_ranks() -> Ranks:
         raise ToolboxError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({error})") from error
 
 
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ToolboxError("train.device is 'cuda' but no CUDA device is visible; use auto or cpu")
+    return torch.device(name)
+
+
 def init_distributed(device_name: str) -> tuple[Ranks, torch.device]:
     """Join the process group (once) and pick this rank's device."""
-    from toolbox.train import pick_device
-
     ranks = launched_ranks()
     device = pick_device(device_name)
     if device.type == "cuda":

@@ -95,7 +95,8 @@ def evaluate(model_path: Path, clean_paths, noisy_paths=None, noise_spec=None, o
              device_name: str = "auto", seed: int = 12345, console=None) -> dict:
     from toolbox.baselines import available_baselines
     from toolbox.infer import denoise_normalised, load_trained_model
-    from toolbox.train import make_console, pick_device
+    from toolbox.distributed import pick_device
+    from toolbox.train import make_console
 
     console = console or make_console()
     device = pick_device(device_name)

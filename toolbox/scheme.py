@@ -35,7 +35,7 @@ class Parts:
     """
 
     def __init__(self, recipe: dict, source: str, device: torch.device, amp=False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, find_unused_parameters: bool = False):
         from toolbox.plugins import get_registry
 
         self.recipe = recipe
@@ -47,7 +47,7 @@ class Parts:
         self.context = recipe["data"].get("context_slices", 1)
         self.registry = get_registry()
         self.amp_dtype = _amp_dtype(amp, device)
-        self.find_unused = bool(recipe.get("train", {}).get("find_unused_parameters", False))
+        self.find_unused = find_unused_parameters  # DDP only
         self.memory_format = (None if not channels_last else
                               torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d)
         # fp16 needs loss scaling; bf16 has fp32's range and does not.

@@ -58,14 +58,6 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ToolboxError("train.device is 'cuda' but no CUDA device is visible; use auto or cpu")
-    return torch.device(name)
-
-
 def check_run_dir(out: str | None) -> None:
     if out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise ToolboxError(f"{out}: the run folder exists and is not empty; pick another --out")
@@ -250,7 +242,8 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
     if not data.held_out:
         raise ToolboxError(f"{recipe.source}: give data.val (held-out images) to validate on")
     parts = Parts(config, recipe.source, device, amp=train_cfg["amp"],
-                  channels_last=train_cfg["channels_last"])
+                  channels_last=train_cfg["channels_last"],
+                  find_unused_parameters=train_cfg["find_unused_parameters"])
     scheme = get_registry().build("schemes", config["scheme"], recipe.source, "scheme", parts=parts)
     if scheme.generator is None:
         raise ToolboxError(f"scheme '{config['scheme']['type']}' did not set its generator")
@@ -323,7 +316,7 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
     def checkpoint(name: str, step: int, extra: dict | None = None) -> None:
         # Collective: every rank hands in its random state and a weight fingerprint.
         rng_ranks = gather_to_all(capture_rng())
-        fingerprints = gather_to_all(_fingerprint(scheme.modules()))
+        fingerprints = gather_to_all(_fingerprint(scheme.modules())) if ranks.distributed else []
         if any(f != fingerprints[0] for f in fingerprints):
             raise ToolboxError(f"step {step}: the ranks' weights differ ({fingerprints}); a scheme "
                                "must update every network on every rank")
