@@ -143,10 +143,44 @@ class VGGPerceptualLoss(torch.nn.Module):
         for p in self.features.parameters():
             p.requires_grad_(False)
         self.taps = {names[n]: float(w) for n, w in layers.items()}
+        # Each max-pool before the deepest tap halves the image: a 2D slice needs at least
+        # 2**pools pixels along each axis (conv5_4 after four pools: 16).
+        self.min_size = 2 ** sum(1 for n, i in names.items() if n.startswith("pool") and i <= deepest)
+        self.deepest_name = max(layers, key=lambda n: names[n])
         self.criterion = F.l1_loss if criterion == "l1" else F.mse_loss
         self.slice_axis = slice_axis
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def usable_axes(self, spatial_size) -> tuple[int, ...]:
+        """The 3D slice axes whose 2D slices are large enough for the deepest tapped layer."""
+        axes = (0, 1, 2) if self.slice_axis == "all" else (self.slice_axis,)
+        return tuple(a for a in axes
+                     if min(s for i, s in enumerate(spatial_size) if i != a) >= self.min_size)
+
+    def check_patch(self, patch_size) -> None:
+        """Called with ``data.patch_size`` when the recipe's parts are built: a patch too thin
+        for the deepest layer is an error naming the smallest size that works; with
+        ``slice_axis: all`` the orientations that are too thin are skipped, with a warning."""
+        size = tuple(int(s) for s in patch_size)
+        shown = "x".join(map(str, size))
+        if len(size) == 2:
+            if min(size) < self.min_size:
+                raise ValueError(f"patch {shown} is too small for VGG19 layer {self.deepest_name} "
+                                 f"(it needs at least {self.min_size}x{self.min_size}); use a larger "
+                                 "data.patch_size or a shallower layer")
+            return
+        usable = self.usable_axes(size)
+        if not usable:
+            axes = "any orientation" if self.slice_axis == "all" else f"slice_axis {self.slice_axis}"
+            raise ValueError(f"patch {shown} is too thin for VGG19 layer {self.deepest_name} in {axes} "
+                             f"(its 2D slices need at least {self.min_size} voxels along each axis); "
+                             "use a larger data.patch_size or a shallower layer")
+        skipped = sorted(set((0, 1, 2) if self.slice_axis == "all" else (self.slice_axis,)) - set(usable))
+        if skipped:
+            warnings.warn(f"vgg_perceptual: patch {shown} is too thin for {self.deepest_name} across "
+                          f"axis {', '.join(map(str, skipped))}; those slices are skipped (the loss uses "
+                          f"slices across axis {', '.join(map(str, usable))})", stacklevel=2)
 
     def train(self, mode: bool = True):  # the frozen network stays in eval mode
         return super().train(False)
@@ -179,7 +213,9 @@ class VGGPerceptualLoss(torch.nn.Module):
         prediction, target = prediction.float(), target.float()
         if prediction.ndim == 4:
             return self._loss_2d(prediction, target)
-        axes = (0, 1, 2) if self.slice_axis == "all" else (self.slice_axis,)
+        axes = self.usable_axes(prediction.shape[2:])
+        if not axes:
+            self.check_patch(prediction.shape[2:])  # raises, naming the smallest size
         return sum(self._loss_2d(self._slices(prediction, a), self._slices(target, a)) for a in axes) / len(axes)
 
 

@@ -38,7 +38,8 @@ def test_run_writes_a_complete_run_folder(tmp_path, small_ct, capsys):
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["step"] == 2 and checkpoint["recipe"]["train"]["steps"] == 2
     report = json.loads((out / "eval.json").read_text())
-    assert report["data_range"] == 1.0 and report["images"][0]["name"] == "spine.nii.gz"
+    assert report["images"][0]["data_range"] == 2000.0 and report["images"][0]["name"] == "spine.nii.gz"
+    assert "window -1000..1000" in report["data_range"]
 
 
 def test_run_is_reproducible_from_its_seed(tmp_path, small_ct):

@@ -77,9 +77,9 @@ def test_missing_folder_and_empty_folder(tmp_path):
 def test_window_and_percentile_normalisers_invert():
     array = np.linspace(-1000, 2000, 1000, dtype=np.float32).reshape(1, 10, 100)
     window = fit_normalizer({"type": "window", "low": -1000, "high": 1000}, array)
-    assert window.forward(array).max() == 1.0  # clipped like a display window
-    inside = array[array <= 1000]
-    assert np.allclose(window.inverse(window.forward(inside)), inside, atol=1e-3)
+    # Linear and unclipped: bone above the window and air below it keep their values.
+    assert window.forward(array).min() == 0.0 and window.forward(array).max() == 1.5
+    assert np.allclose(window.inverse(window.forward(array)), array, atol=1e-3)
     percentile = fit_normalizer({"type": "percentile"}, array)
     assert np.allclose(percentile.inverse(percentile.forward(array)), array, atol=1e-2)
 
@@ -116,9 +116,12 @@ def test_build_data_from_a_recipe(small_ct):
     assert len(bundle.held_out) == 1
     item = bundle.held_out[0]
     assert item.name == "spine.nii.gz" and item.clean.shape == item.noisy.shape
+    # In HU, as read; the noise level (0.1 of the -1000..1000 window) is 200 HU.
+    assert item.data_range == 2000.0 and item.clean.max() > 400  # a crop of the spine, HU
+    assert abs(float(np.std(item.noisy - item.clean)) - 200) < 10
     # Held-out noise is fixed by data.val_seed: the same on every validation.
     again = build_data(checked.data).held_out[0]
-    assert torch.equal(item.noisy, again.noisy)
+    assert np.array_equal(item.noisy, again.noisy)
     sample = bundle.train[0]
     assert sample["input"].shape == (1, 32, 32)
 

@@ -20,13 +20,17 @@ def test_evaluate_on_the_bundled_ct_samples(tmp_path, small_ct, capsys):
     assert main(["evaluate", str(tmp_path / "run"), str(SAMPLES / "ct" / "test"), "-o", str(out),
                  "--noise", "{type: gaussian, sigma: 0.08}"]) == 0
     printed = capsys.readouterr().out
-    assert "data range 1.0 = window -1000.0..1000.0" in printed
+    assert "data range 2000 (window -1000..1000)" in " ".join(printed.split())
     for method in ("model (tiny step", "identity (noisy)", "gaussian filter", "total variation", "non-local means"):
         assert method in printed
     report = json.loads((out / "report.json").read_text())
     assert {r["image"] for r in report["rows"]} == {"chest_small.nii.gz", "spine.nii.gz"}
-    assert all(r["sigma_known"] and r["sigma"] == 0.08 for r in report["rows"])
+    # Noise of 0.08 of the window is 160 HU; scores are in HU over the whole image with a
+    # 2000 HU range, so doing nothing scores 20 log10(2000 / 160) = 21.9 dB.
+    assert all(r["sigma_known"] and abs(r["sigma"] - 160) < 1e-3 and r["data_range"] == 2000
+               for r in report["rows"])
     means = report["mean"]
+    assert abs(means["identity (noisy)"]["psnr"] - 21.94) < 0.2
     # Classical baselines must beat doing nothing at this noise level.
     assert means["non-local means"]["psnr"] > means["identity (noisy)"]["psnr"] + 3
     assert (out / "report.csv").read_text().startswith("image,method,psnr,ssim")

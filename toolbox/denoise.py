@@ -14,7 +14,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from toolbox.data.volumes import expand_inputs, read_volume
-    from toolbox.infer import denoise_volume, load_trained_model
+    from toolbox.infer import check_input, denoise_volume, load_trained_model
     from toolbox.io import check_output, write_volume
     from toolbox.train import make_console
 
@@ -38,11 +38,19 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
     overlap = float(model.recipe["train"].get("val_overlap", 0.25)) if overlap is None else overlap
     description = f"denoised {model.name}"
     written = []
-    with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                  console=console) as progress:
+    # The progress display starts only once an input has been read and found to fit the
+    # model, so a refused input gives its one-line error and no empty bar.
+    progress = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        console=console)
+    try:
         for item, target in mine:
             volume = read_volume(item, series=series, channels=model.channels)
+            try:
+                check_input(model, volume.array.shape)
+            except ToolboxError as error:
+                raise ToolboxError(f"{item}: {error}") from error
+            progress.start()
             task = progress.add_task(item.name[:40], total=None)
 
             def report(done, total, task=task):
@@ -50,6 +58,8 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
 
             units = denoise_volume(model, volume, device, overlap, report)
             written.append(write_volume(volume, units, target, description, overwrite))
+    finally:
+        progress.stop()
     for path in written:
         console.print(f"wrote {path}")
     return written

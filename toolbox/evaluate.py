@@ -1,7 +1,9 @@
 """``toolbox evaluate``: a trained model against classical baselines on clean/noisy pairs.
 
-PSNR and SSIM are computed on the model's normalised scale (data range 1.0, stated in the
-table with what it means in the input's units), per image and as a mean; a PNG figure per
+Every method gets the noisy image in its own units and hands back an image in those units,
+through the same normalisation as ``toolbox denoise`` (fitted to the noisy image); PSNR and
+SSIM are computed in those units over the whole image, unclipped, with the data range
+stated (the window's width for CT, else each clean image's max - min).  A PNG figure per
 case shows noisy | model | best baseline | clean, with a zoomed crop, because people judge
 denoising by looking.
 """
@@ -25,11 +27,12 @@ from toolbox.errors import ToolboxError
 @dataclass
 class Case:
     name: str
-    clean: np.ndarray  # normalised (C, *spatial)
+    clean: np.ndarray  # (C, *spatial) in the image's own units
     noisy: np.ndarray
-    sigma: float  # noise level in normalised units (true or estimated)
+    sigma: float  # Gaussian noise level in those units (true or estimated)
     sigma_known: bool
     slice_axis: int | None
+    data_range: float
 
 
 def _true_sigma(noise_spec: dict | None):
@@ -41,8 +44,10 @@ def _true_sigma(noise_spec: dict | None):
 
 
 def build_cases(model, clean_paths, noisy_paths=None, noise_spec=None, seed: int = 12345) -> list[Case]:
+    """Clean/noisy pairs in the images' own units: real noisy files, or synthetic noise whose
+    level is in normalised units (as in the recipe: added to the normalised clean image)."""
     from toolbox.baselines import estimate_noise_sigma
-    from toolbox.data.normalize import fit_normalizer
+    from toolbox.data.normalize import data_range, fit_normalizer
     from toolbox.data.volumes import expand_inputs, read_volume, squeeze_spatial
     from toolbox.plugins import get_registry
 
@@ -65,37 +70,43 @@ def build_cases(model, clean_paths, noisy_paths=None, noise_spec=None, seed: int
     known = _true_sigma(noise_spec) if noise is not None else None
     for index, path in enumerate(clean_files):
         volume = read_volume(path, channels=model.channels)
+        clean = volume.array
+        reference = fit_normalizer(norm_spec, clean)
         if noise is None:
             noisy_volume = read_volume(noisy_files[path.name], channels=model.channels)
-            if noisy_volume.array.shape != volume.array.shape:
+            if noisy_volume.array.shape != clean.shape:
                 raise ToolboxError(f"{noisy_files[path.name]}: shape {noisy_volume.array.shape[1:]} "
-                                   f"differs from the clean {path} {volume.array.shape[1:]}")
-            normalizer = fit_normalizer(norm_spec, noisy_volume.array)  # as at inference
-            clean = normalizer.forward(volume.array)
-            noisy = normalizer.forward(noisy_volume.array)
+                                   f"differs from the clean {path} {clean.shape[1:]}")
+            noisy = noisy_volume.array
         else:
-            normalizer = fit_normalizer(norm_spec, volume.array)
-            clean = normalizer.forward(volume.array)
             generator = torch.Generator().manual_seed(seed + index)
-            noisy = noise(torch.from_numpy(clean.astype(np.float32)), generator).numpy()
+            normalised = torch.from_numpy(reference.forward(clean).astype(np.float32))
+            noisy = reference.inverse(noise(normalised, generator).numpy())
         clean, slice_axis = squeeze_spatial(clean.astype(np.float32), volume.slice_axis)
         noisy, _ = squeeze_spatial(noisy.astype(np.float32), volume.slice_axis)
-        sigma = known if known is not None else estimate_noise_sigma(noisy)
-        cases.append(Case(volume.name, clean, noisy, sigma, known is not None, slice_axis))
+        sigma = known * reference.scale if known is not None else estimate_noise_sigma(noisy)
+        cases.append(Case(volume.name, clean, noisy, sigma, known is not None, slice_axis,
+                          data_range(norm_spec, clean)))
     return cases
 
 
-def _metrics(result, clean, dims):
-    from toolbox.metrics import psnr_ssim
+def run_baseline(method, norm_spec: dict, noisy: np.ndarray, sigma: float) -> np.ndarray:
+    """A classical denoiser on the same footing as the model: normalised like the model's
+    input (fitted to the noisy image), sigma converted, result back in the image's units."""
+    from toolbox.data.normalize import fit_normalizer
 
-    return psnr_ssim(torch.from_numpy(result), torch.from_numpy(clean), dims)
+    normalizer = fit_normalizer(norm_spec, noisy)
+    result = method(normalizer.forward(noisy).astype(np.float32), sigma / normalizer.scale)
+    return normalizer.inverse(result).astype(np.float32)
 
 
 def evaluate(model_path: Path, clean_paths, noisy_paths=None, noise_spec=None, out_dir=None,
              device_name: str = "auto", seed: int = 12345, console=None) -> dict:
     from toolbox.baselines import available_baselines
-    from toolbox.infer import denoise_normalised, load_trained_model
+    from toolbox.data.normalize import describe_range, fit_normalizer
     from toolbox.distributed import pick_device
+    from toolbox.infer import denoise_with_model, load_trained_model
+    from toolbox.metrics import psnr_ssim
     from toolbox.train import make_console
 
     console = console or make_console()
@@ -109,26 +120,23 @@ def evaluate(model_path: Path, clean_paths, noisy_paths=None, noise_spec=None, o
         raise ToolboxError(f"{out_dir}: exists and is not empty; pick another -o")
     cases = build_cases(model, clean_paths, noisy_paths, noise_spec, seed)
     norm = model.recipe["data"]["normalize"]
-    scale = {"window": f"window {norm.get('low')}..{norm.get('high')}",
-             "percentile": f"percentiles {norm.get('low') or 0.5}..{norm.get('high') or 99.5} of each image",
-             "minmax": "min..max of each image", "none": "raw values"}[norm.get("type", "percentile")]
     rows, figures = [], []
     for case in cases:
         dims = case.clean.ndim - 1
         results = {}
         started = time.time()
-        results[f"model ({model.name})"] = (denoise_normalised(model, case.noisy, case.slice_axis, device),
+        results[f"model ({model.name})"] = (denoise_with_model(model, case.noisy, case.slice_axis, device),
                                             time.time() - started)
         for name, method in available_baselines(dims).items():
             started = time.time()
-            results[name] = (method(case.noisy, case.sigma), time.time() - started)
+            results[name] = (run_baseline(method, norm, case.noisy, case.sigma), time.time() - started)
         scores = {}
         for name, (result, seconds) in results.items():
-            psnr, ssim = _metrics(result, case.clean, dims)
+            psnr, ssim = psnr_ssim(result, case.clean, dims, case.data_range)
             scores[name] = (psnr, ssim)
             rows.append({"image": case.name, "method": name, "psnr": psnr, "ssim": ssim,
                          "seconds": round(seconds, 3), "sigma": case.sigma,
-                         "sigma_known": case.sigma_known})
+                         "sigma_known": case.sigma_known, "data_range": case.data_range})
         best_baseline = max((n for n in scores if not n.startswith(("model", "identity"))),
                             key=lambda n: scores[n][0])
         model_name = next(iter(results))
@@ -138,11 +146,12 @@ def evaluate(model_path: Path, clean_paths, noisy_paths=None, noise_spec=None, o
                   ("model", results[model_name][0], scores[model_name]),
                   (best_baseline, results[best_baseline][0], scores[best_baseline]),
                   ("clean", case.clean, None)]
-        write_figure(figure, panels, case.slice_axis)
+        write_figure(figure, panels, case.slice_axis, fit_normalizer(norm, case.clean))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     mean = {m: {"psnr": float(np.mean([r["psnr"] for r in rows if r["method"] == m])),
                 "ssim": float(np.mean([r["ssim"] for r in rows if r["method"] == m]))} for m in methods}
-    report = {"model": str(model.checkpoint), "data_range": 1.0, "intensity": scale,
+    report = {"model": str(model.checkpoint), "data_range": describe_range(norm),
+              "units": "the images' own units, whole image, unclipped",
               "noise": "paired files" if noisy_paths else (noise_spec or model.recipe["data"]["noise"]),
               "rows": rows, "mean": mean, "figures": [str(f) for f in figures]}
     atomic_write(out_dir / "report.json",
@@ -161,7 +170,7 @@ def print_table(report: dict, methods: list[str], console) -> None:
     from rich.table import Table
 
     images = list(dict.fromkeys(r["image"] for r in report["rows"]))
-    table = Table(title=f"PSNR dB / SSIM, data range {report['data_range']} = {report['intensity']}")
+    table = Table(title=f"PSNR dB / SSIM in the images' units, whole image, {report['data_range']}")
     table.add_column("method", no_wrap=True)
     for image in images:
         table.add_column(image, justify="right", no_wrap=True)
@@ -184,11 +193,17 @@ def _middle_slice(array: np.ndarray, slice_axis):
     return image
 
 
-def write_figure(path: Path, panels, slice_axis) -> None:
-    """A row of full views and a row of 3x-zoomed centre crops, labelled with PSNR/SSIM."""
+def write_figure(path: Path, panels, slice_axis, display=None) -> None:
+    """A row of full views and a row of 3x-zoomed centre crops, labelled with PSNR/SSIM.
+
+    ``display`` (a ``Normalizer``) maps the images to the 0..1 shown (for CT the window);
+    the scores are the ones given, taken over the whole unclipped image.
+    """
     from PIL import Image, ImageDraw
 
-    views = [np.clip(_middle_slice(p[1], slice_axis), 0, 1) for p in panels]
+    to_view = display.forward if display is not None else (lambda a: a)
+    views = [np.clip(_middle_slice(to_view(np.asarray(p[1], dtype=np.float32)), slice_axis), 0, 1)
+             for p in panels]
     h, w = views[0].shape
     scale = max(1, 256 // max(h, w))  # small images are enlarged so labels fit
     width, height = w * scale, h * scale

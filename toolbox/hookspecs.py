@@ -61,6 +61,11 @@ def register_losses(register):
     ``loss(prediction, target)``; an adversarial criterion is called
     ``loss(logits, target_is_real: bool, for_discriminator: bool)`` (MONAI's
     ``PatchAdversarialLoss`` convention).  Both return a scalar tensor.
+
+    Optional: a loss with a method ``check_patch(patch_size)`` (the recipe's
+    ``data.patch_size`` as a tuple) is asked when the recipe's parts are built, before any
+    training, and raises ``ValueError`` with a one-line reason if it cannot take such
+    patches (e.g. a perceptual network too deep for a thin 3D slab).
     """
 
 

@@ -183,29 +183,45 @@ def denoise_array(generator: torch.nn.Module, model_dims: int, roi_size, image: 
     return out
 
 
-def denoise_normalised(model: TrainedModel, image: np.ndarray, slice_axis: int | None,
+def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_spec: dict,
+                  units: np.ndarray, slice_axis: int | None, device: torch.device, overlap: float = 0.25,
+                  progress=None, autocast_dtype=None, context: int = 1) -> np.ndarray:
+    """Denoise an image ``(C, *spatial)`` given in its own units and return it in those units.
+
+    The one path from a noisy image to a denoised one that ``denoise``, ``evaluate`` and
+    training's validation share: the normaliser is fitted to this (noisy) image, with
+    statistics that barely move with the noise (``toolbox.data.normalize``), and inverted on
+    the way out; nothing is clipped, so every voxel is denoised.
+    """
+    from toolbox.data.normalize import fit_normalizer
+
+    normalizer = fit_normalizer(norm_spec, units)
+    normalised = normalizer.forward(units).astype(np.float32)
+    denoised = denoise_array(generator, model_dims, roi_size, normalised, slice_axis, device, overlap,
+                             progress, autocast_dtype=autocast_dtype, context=context)
+    return normalizer.inverse(denoised).astype(np.float32)
+
+
+def check_input(model: TrainedModel, shape) -> None:
+    """Refuse an image ``(C, *spatial)`` the model cannot take, before any work is shown."""
+    if model.channels != shape[0]:
+        raise ToolboxError(f"the model takes {model.channels} channel(s), the image has {shape[0]}")
+    dims = len(shape) - 1
+    if model.spatial_dims == 3 and dims == 2:
+        raise ToolboxError("this is a 3D model and the input is a 2D image; use a 2D model")
+    if model.context > 1 and dims != 3:
+        raise ToolboxError(f"this 2.5D model needs a 3D volume (stacks of {model.context} slices)")
+
+
+def denoise_with_model(model: TrainedModel, units: np.ndarray, slice_axis: int | None,
                        device: torch.device, overlap: float = 0.25, progress=None) -> np.ndarray:
-    """``denoise_array`` with a trained model's settings; checks the channel count."""
-    if model.channels != image.shape[0]:
-        raise ToolboxError(
-            f"the model takes {model.channels} channel(s), the image has {image.shape[0]}"
-        )
-    return denoise_array(model.generator, model.spatial_dims, model.roi_size, image, slice_axis,
-                         device, overlap, progress, context=model.context)
+    """``denoise_units`` with a trained model's settings (after ``check_input``)."""
+    check_input(model, units.shape)
+    return denoise_units(model.generator, model.spatial_dims, model.roi_size, model.recipe["data"]["normalize"],
+                         units, slice_axis, device, overlap, progress, context=model.context)
 
 
 def denoise_volume(model: TrainedModel, volume, device: torch.device, overlap: float = 0.25,
                    progress=None) -> np.ndarray:
-    """Denoise a ``Volume`` and return the result in the input's physical units."""
-    from toolbox.data.normalize import fit_normalizer
-
-    normalizer = fit_normalizer(model.recipe["data"]["normalize"], volume.array)
-    normalised = normalizer.forward(volume.array).astype(np.float32)
-    denoised = denoise_normalised(model, normalised, volume.slice_axis, device, overlap, progress)
-    units = normalizer.inverse(denoised)
-    if normalizer.clip:
-        # A clipping window (CT) says nothing about voxels outside it: keep those as they were
-        # rather than flattening bone or air to the window's edge.
-        outside = (volume.array < normalizer.offset) | (volume.array > normalizer.offset + normalizer.scale)
-        units = np.where(outside, volume.array, units)
-    return units.astype(np.float32)
+    """Denoise a ``Volume`` (as read from a file) and return the result in the input's units."""
+    return denoise_with_model(model, volume.array, volume.slice_axis, device, overlap, progress)

@@ -179,12 +179,15 @@ def _write_nifti(volume: Volume, units: np.ndarray, output: Path, description: s
     data = data.reshape(original_shape)
     dtype = volume.stored_dtype
     if np.issubdtype(dtype, np.integer):
-        slope, inter = header.get_slope_inter()
-        stored = to_stored(volume, data, slope or 1.0, inter or 0.0)
+        # Stored integers with the input's own slope and intercept: with both set in the
+        # header, nibabel writes the integers as given instead of choosing a scaling.
+        slope, inter = volume.meta.get("scaling", (1.0, 0.0))
+        stored = to_stored(volume, data, slope, inter)
         image = nib.Nifti1Image(stored, volume.meta["affine"], header=header)
         image.header.set_slope_inter(slope, inter)
-    else:
+    else:  # real units as floats, unscaled
         image = nib.Nifti1Image(data.astype(dtype), volume.meta["affine"], header=header)
+        image.header.set_slope_inter(1.0, 0.0)
     image.header["descrip"] = description[:79].encode()
     _write_file(output, overwrite, lambda path: nib.save(image, str(path)))
 

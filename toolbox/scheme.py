@@ -99,6 +99,12 @@ class Parts:
         built = {}
         for name, spec in self.recipe["losses"].items():
             module = self.registry.build("losses", spec, self.source, f"losses.{name}")
+            check = getattr(module, "check_patch", None)
+            if callable(check):  # a loss that cannot take the recipe's patches says so now
+                try:
+                    check(tuple(self.recipe["data"]["patch_size"]))
+                except ValueError as error:
+                    raise RecipeError(str(error), self.source, f"losses.{name}") from error
             if isinstance(module, torch.nn.Module):
                 module = module.to(self.device)
             built[name] = WeightedLoss(module, float(spec.get("weight", 1.0)))

@@ -108,25 +108,26 @@ class EvalRow:
     ssim_noisy: float
     psnr: float
     ssim: float
+    data_range: float = 1.0
 
 
-def evaluate_held_out(generator, held_out, spatial_dims, roi, overlap, device, amp_dtype=None,
+def evaluate_held_out(generator, held_out, spatial_dims, roi, norm_spec, overlap, device, amp_dtype=None,
                       limit: int = 0, keep: bool = False, context: int = 1):
-    """PSNR/SSIM of noisy and denoised held-out images; ``keep`` also returns the outputs."""
-    from toolbox.infer import denoise_array
+    """PSNR/SSIM of noisy and denoised held-out images in their own units, each denoised as
+    ``toolbox denoise`` would; ``keep`` also returns the outputs."""
+    from toolbox.infer import denoise_units
     from toolbox.metrics import psnr_ssim
 
     rows, outputs = [], []
     for item in held_out[: limit or None]:
-        denoised = torch.from_numpy(denoise_array(
-            generator, spatial_dims, roi, item.noisy.numpy(), item.slice_axis, device, overlap,
-            autocast_dtype=amp_dtype, context=context))
+        denoised = denoise_units(generator, spatial_dims, roi, norm_spec, item.noisy, item.slice_axis, device,
+                                 overlap, autocast_dtype=amp_dtype, context=context)
         dims = item.clean.ndim - 1
-        pn, sn = psnr_ssim(item.noisy, item.clean, dims)
-        pd, sd = psnr_ssim(denoised, item.clean, dims)
-        rows.append(EvalRow(item.name, pn, sn, pd, sd))
+        pn, sn = psnr_ssim(item.noisy, item.clean, dims, item.data_range)
+        pd, sd = psnr_ssim(denoised, item.clean, dims, item.data_range)
+        rows.append(EvalRow(item.name, pn, sn, pd, sd, item.data_range))
         if keep:
-            outputs.append(denoised.numpy())
+            outputs.append(denoised)
     return (rows, outputs) if keep else rows
 
 
@@ -139,16 +140,16 @@ def write_held_out_outputs(run_dir: Path, held_out, outputs, rows, description: 
     for item, denoised, row in zip(held_out, outputs, rows):
         stem = item.name.split(".")[0]
         figure = run_dir / "figures" / f"{stem}.png"
-        write_figure(figure, [("noisy", item.noisy.numpy(), (row.psnr_noisy, row.ssim_noisy)),
+        write_figure(figure, [("noisy", item.noisy, (row.psnr_noisy, row.ssim_noisy)),
                               ("denoised", denoised, (row.psnr, row.ssim)),
-                              ("clean", item.clean.numpy(), None)], item.slice_axis)
+                              ("clean", item.clean, None)], item.slice_axis, item.display)
         written.append(figure)
         if item.volume is None:  # read through a MONAI reader: no template to write back
             continue
         shape = item.volume.array.shape
-        for prefix, image in (("noisy", item.noisy.numpy()), ("denoised", denoised)):
-            units = item.normalizer.inverse(image).reshape(shape)
-            written.append(write_volume(item.volume, units, run_dir / "held_out" / f"{prefix}_{item.name}",
+        for prefix, units in (("noisy", item.noisy), ("denoised", denoised)):
+            written.append(write_volume(item.volume, units.reshape(shape),
+                                        run_dir / "held_out" / f"{prefix}_{item.name}",
                                         f"{prefix} {description}"[:60], overwrite=True))
     return written
 
@@ -290,7 +291,7 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
     )
 
     def validate(**kwargs):
-        return evaluate_held_out(generator, data.held_out, dims, roi, overlap, device,
+        return evaluate_held_out(generator, data.held_out, dims, roi, config["data"]["normalize"], overlap, device,
                                  parts.amp_dtype, context=context, **kwargs)
 
     if resume is None:
@@ -406,8 +407,8 @@ def _final_report(run_dir: Path, config: dict, data, generator, validate, starte
     written = write_held_out_outputs(run_dir, data.held_out, outputs, rows,
                                      f"{config.get('name') or 'model'} step {best['step']}")
     report = {
-        "data_range": 1.0,
-        "intensity": data.normalize_note,
+        "data_range": data.normalize_note,
+        "units": "the images' own units, whole image, unclipped",
         "best_step": best["step"],
         "images": [r.__dict__ for r in rows],
         "mean": {k: mean(rows, k) for k in ("psnr_noisy", "ssim_noisy", "psnr", "ssim")},
@@ -435,7 +436,7 @@ def print_report(report: dict, console) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"Held-out images (PSNR/SSIM, data range {report['data_range']} = {report['intensity']})"
+        title=f"Held-out images (PSNR dB / SSIM in the images' units over the whole image, {report['data_range']})"
     )
     for column in ("image", "PSNR noisy", "PSNR denoised", "gain dB", "SSIM noisy", "SSIM denoised"):
         table.add_column(column, justify="left" if column == "image" else "right", no_wrap=True)

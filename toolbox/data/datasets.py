@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolbox.data.normalize import Normalizer, fit_normalizer
+from toolbox.data.normalize import Normalizer, data_range, describe_range, fit_normalizer
 from toolbox.data.readers import read_image
 from toolbox.data.volumes import Volume, expand_inputs, read_volume, squeeze_spatial
 from toolbox.errors import ToolboxError
@@ -26,12 +26,18 @@ from toolbox.errors import ToolboxError
 
 @dataclass
 class HeldOut:
-    """One whole held-out image: clean and noisy, normalised, plus what is needed to write it."""
+    """One whole held-out image, clean and noisy, in the input's own units (HU for CT).
+
+    Validation denoises ``noisy`` exactly as ``toolbox denoise`` would (its own normaliser,
+    fitted to the noisy image) and scores the result against ``clean`` in these units over
+    the whole image, with ``data_range``.
+    """
 
     name: str
-    clean: torch.Tensor  # (C, *spatial), singleton spatial axes dropped
-    noisy: torch.Tensor
-    normalizer: Normalizer
+    clean: np.ndarray  # (C, *spatial), singleton spatial axes dropped
+    noisy: np.ndarray
+    data_range: float
+    display: Normalizer  # maps the clean image to 0..1 for figures
     slice_axis: int | None = None  # for a 2D model on a 3D held-out volume
     volume: Volume | None = None  # the file as read (template for writing outputs)
 
@@ -203,22 +209,19 @@ def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
 
     held_out = []
     for index, loaded in enumerate(clean_val):
+        clean = loaded.array.astype(np.float32)
+        display = fit_normalizer(norm_spec, clean)
         if noisy_val:
-            normalizer = fit_normalizer(norm_spec, noisy_val[index].array)
-            noisy = torch.from_numpy(normalizer.forward(noisy_val[index].array).astype(np.float32))
+            noisy = noisy_val[index].array.astype(np.float32)
         else:
-            normalizer = fit_normalizer(norm_spec, loaded.array)
-            clean_norm = torch.from_numpy(normalizer.forward(loaded.array).astype(np.float32))
+            # The noise level is defined in normalised units, as in training: add it to the
+            # normalised clean image, then go back to the image's units.
             generator = torch.Generator().manual_seed(int(data["val_seed"]) + index)
-            noisy = noise(clean_norm, generator).float()
-        clean = torch.from_numpy(normalizer.forward(loaded.array).astype(np.float32))
-        held_out.append(HeldOut(loaded.path.name, clean, noisy, normalizer, loaded.slice_axis, loaded.volume))
-    note = {
-        "window": f"window {norm_spec.get('low')}..{norm_spec.get('high')} -> 0..1",
-        "percentile": f"percentiles {norm_spec.get('low') or 0.5}..{norm_spec.get('high') or 99.5} -> 0..1",
-        "minmax": "min..max of each image -> 0..1",
-        "none": "raw values",
-    }[norm_spec.get("type", "percentile")]
+            normalised = torch.from_numpy(display.forward(clean).astype(np.float32))
+            noisy = display.inverse(noise(normalised, generator).float().numpy()).astype(np.float32)
+        held_out.append(HeldOut(loaded.path.name, clean, noisy, data_range(norm_spec, clean), display,
+                                loaded.slice_axis, loaded.volume))
+    note = describe_range(norm_spec)
     return DataBundle(train, held_out, dims, data["channels"], note)
 
 

@@ -241,14 +241,19 @@ def read_nifti(path: Path, channels: int | None = None) -> Volume:
     else:
         raise ToolboxError(f"{path}: has {data.ndim} axes; expected 2D, 3D or 4D")
     dtype = image.get_data_dtype()
-    slope, inter = image.header.get_slope_inter()
+    # nibabel moves scl_slope / scl_inter from the header to the data proxy on load (the
+    # header then says "no scaling"): read them there, or a uint16 CT with intercept -1024
+    # would be written back without it.
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    inter = float(getattr(image.dataobj, "inter", 0.0))
     low, high = _dtype_range(dtype)
-    if slope is not None and np.issubdtype(dtype, np.integer):
-        low, high = sorted((low * slope + (inter or 0), high * slope + (inter or 0)))
+    if np.issubdtype(dtype, np.integer):
+        low, high = sorted((low * slope + inter, high * slope + inter))
     return Volume(
         array=np.ascontiguousarray(data), path=path, format="nifti", stored_dtype=np.dtype(dtype),
         value_range=(low, high), slice_axis=2 if data.ndim == 4 else None,
-        meta={"affine": image.affine, "header": image.header}, name=path.name,
+        meta={"affine": image.affine, "header": image.header, "scaling": (slope, inter)},
+        name=path.name,
     )
 
 
