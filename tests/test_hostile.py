@@ -81,3 +81,30 @@ def test_unknown_suffix(model, tmp_path):
 def test_missing_model(tmp_path, small_ct):
     result = _denoise(tmp_path / "no_such_run", small_ct / "val" / "spine.nii.gz", tmp_path / "o.nii.gz")
     _assert_clean_failure(result, "no such run folder or checkpoint", tmp_path / "o.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def model_3d(tmp_path_factory):
+    """A 3D model (2 training steps on crops of the bundled MR volume)."""
+    from conftest import SAMPLES, tiny_recipe, write_recipe
+
+    root = tmp_path_factory.mktemp("model_3d")
+    mr = nib.load(str(SAMPLES / "mr3d" / "mni_t1_2mm.nii.gz"))
+    data = np.asarray(mr.dataobj)
+    for split, region in (("train", data[10:42, 20:52, 20:52]), ("val", data[40:60, 40:60, 30:50])):
+        (root / split).mkdir()
+        nib.save(nib.Nifti1Image(region, mr.affine), str(root / split / f"{split}.nii.gz"))
+    recipe = tiny_recipe(root)
+    recipe["data"].update(spatial_dims=3, patch_size=[16, 16, 16], normalize={"type": "percentile"})
+    recipe["generator"] = {"type": "unet", "features": [4, 4, 4, 4, 4, 4]}
+    recipe["discriminator"] = {"type": "patchgan", "base_filters": 4, "num_layers": 2}
+    assert main(["run", str(write_recipe(root / "r.yaml", recipe)), "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+def test_a_refused_input_shows_no_progress_bar(model_3d, tmp_path):
+    source = _nifti(tmp_path / "slice.nii.gz", np.random.default_rng(0).random((24, 24), dtype=np.float32))
+    result = _denoise(model_3d, source, tmp_path / "o.nii.gz")
+    _assert_clean_failure(result, "3D model and the input is a 2D image", tmp_path / "o.nii.gz")
+    assert "slice.nii.gz" in result.stderr
+    assert result.stdout.strip() == "", result.stdout  # no empty "0/None" bar before the error

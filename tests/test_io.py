@@ -254,3 +254,32 @@ def test_single_dicom_file_gives_a_dicom_file(ct_model, tmp_path):
     original, result = pydicom.dcmread(get_testdata_file("CT_small.dcm")), pydicom.dcmread(out)
     assert result.pixel_array.shape == original.pixel_array.shape
     assert result.SOPInstanceUID != original.SOPInstanceUID and result.StudyInstanceUID == original.StudyInstanceUID
+
+
+@pytest.mark.parametrize("dtype,slope,inter", [(np.uint16, 1.0, -1024.0), (np.int16, 0.5, -10.0)])
+def test_scaled_nifti_keeps_its_scaling_and_negative_values(denoising_ct_model, tmp_path, dtype, slope, inter):
+    """Unsigned CT stored with scl_inter -1024 (as converters write it), and a signed type
+    with a fractional slope: the output keeps the stored type and the scaling, and its values
+    in HU are the model's output within one stored step."""
+    import torch
+
+    from toolbox.infer import denoise_volume, load_trained_model
+
+    head = np.asarray(nib.load(str(SAMPLES / "ct" / "train" / "head.nii.gz")).dataobj)[..., 0]
+    hu = np.stack([head[224:288, 64:128], head[256:320, 64:128]], axis=-1).astype(np.float32)
+    assert hu.min() < -1000 and hu.max() > 1000  # air next to the skull
+    stored = np.rint((hu - inter) / slope).astype(dtype)
+    image = nib.Nifti1Image(stored, np.eye(4))
+    image.header.set_slope_inter(slope, inter)
+    source, out = tmp_path / "ct.nii.gz", tmp_path / "out.nii.gz"
+    nib.save(image, str(source))
+    assert main(["denoise", str(denoising_ct_model), str(source), "-o", str(out)]) == 0
+    result = nib.load(str(out))
+    assert result.get_data_dtype() == dtype
+    assert (float(result.dataobj.slope), float(result.dataobj.inter)) == (slope, inter)
+    written = result.get_fdata()
+    assert written.min() < -500  # air stays air (was clipped to 0 HU, i.e. water)
+    expected = denoise_volume(load_trained_model(denoising_ct_model, torch.device("cpu")), read_volume(source),
+                              torch.device("cpu"))[0]
+    low = inter + slope * np.iinfo(dtype).min
+    assert np.abs(written - np.maximum(expected, low)).max() <= slope / 2 + 1e-3

@@ -171,6 +171,55 @@ def test_perceptual_loss_on_grey_2d_and_3d(vgg_weights):
         assert torch.isfinite(three_d(volume, torch.rand(1, 1, 8, 20, 20)))
 
 
+def _thin_slab_recipe(small_ct, tmp_path, patch, slice_axis):
+    """A 3D recipe with the VGG perceptual loss at conv5_4 (needs 16x16 slices)."""
+    import nibabel as nib
+
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir(exist_ok=True)
+        volume = np.asarray(nib.load(str(small_ct / split / next(p.name for p in (small_ct / split).iterdir()))).dataobj)
+        nib.save(nib.Nifti1Image(np.repeat(volume[:64, :64], 12, axis=2), np.eye(4)), str(tmp_path / split / "v.nii.gz"))
+    recipe = tiny_recipe(tmp_path)
+    recipe["data"].update(spatial_dims=3, patch_size=patch)
+    recipe["generator"] = {"type": "unet", "features": [4, 4, 4, 4, 4, 4]}
+    del recipe["discriminator"]
+    recipe["losses"] = {"pix": {"type": "l1"},
+                        "vgg": {"type": "vgg_perceptual", "layers": {"conv5_4": 1.0}, "slice_axis": slice_axis}}
+    recipe["optimizers"] = {"generator": {"type": "adam", "lr": 1e-3}}
+    recipe["scheme"] = {"type": "supervised"}
+    return write_recipe(tmp_path / "r.yaml", recipe)
+
+
+def test_perceptual_loss_skips_orientations_too_thin_for_its_layer(small_ct, tmp_path, capsys):
+    """A thin slab (8x48x48, as anisotropic CT gives): with slice_axis all, the 48x48 slices
+    are used, the 8x48 ones skipped with a warning, and training runs."""
+    recipe = _thin_slab_recipe(small_ct, tmp_path, [8, 48, 48], "all")
+    with pytest.warns(UserWarning, match="too thin for conv5_4 across axis 1, 2"):
+        assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 0
+    loss = VGGPerceptualLoss(layers={"conv5_4": 1.0}, random_weights=True)
+    assert loss.usable_axes((8, 48, 48)) == (0,)
+    assert torch.isfinite(loss(torch.rand(1, 1, 8, 48, 48), torch.rand(1, 1, 8, 48, 48)))
+
+
+def test_perceptual_loss_too_deep_for_the_patch_is_one_line_at_recipe_check(small_ct, tmp_path, capsys):
+    recipe = _thin_slab_recipe(small_ct, tmp_path, [8, 48, 48], 1)
+    assert main(["recipe", "check", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "losses.vgg" in err
+    assert "patch 8x48x48 is too thin for VGG19 layer conv5_4" in err and "at least 16" in err
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+    # A discriminator too deep for the slab is caught the same way (one forward pass at build).
+    capsys.readouterr()
+    assert main(["recipe", "check", str(recipe), "--set", "losses.vgg.slice_axis=0", "--set",
+                 "discriminator={type: patchgan, base_filters: 4, num_layers: 2}", "--set",
+                 "scheme={type: paired_gan}", "--set", "losses.adv={type: gan}", "--set",
+                 "optimizers.discriminator={type: adam}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "key 'discriminator': cannot take patches of 8x48x48 (data.patch_size)" in err
+
+
 def test_missing_weights_file_is_one_line_that_says_what_to_do(tmp_path, small_ct, monkeypatch, capsys):
     monkeypatch.delenv("TOOLBOX_VGG19_WEIGHTS", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))

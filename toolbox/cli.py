@@ -193,6 +193,7 @@ def cmd_recipe_check(args) -> int:
         # Build every part on the CPU (no data is read, nothing is trained).
         parts = Parts(recipe.data, recipe.source, torch.device("cpu"))
         scheme = get_registry().build("schemes", recipe["scheme"], recipe.source, "scheme", parts=parts)
+        parts.check_networks()
         data = recipe["data"]
         registry = get_registry()
         if data.get("noise"):

@@ -54,6 +54,7 @@ class Parts:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self._generator = None
         self._discriminator = None
+        self._discriminator_channels = 0
 
     def generator(self) -> torch.nn.Module:
         if self._generator is None:
@@ -77,8 +78,33 @@ class Parts:
                 "discriminators", spec, self.source, "discriminator",
                 spatial_dims=self.spatial_dims, in_channels=in_channels,
             ).to(self.device)
+            self._discriminator_channels = in_channels
             self._discriminator = wrap_ddp(self._prepare(self._discriminator), self.device, self.find_unused)
         return self._discriminator
+
+    def check_networks(self) -> None:
+        """One forward pass of each network built so far on a patch of ``data.patch_size``
+        (called before training and by ``recipe check``), so that a network that cannot take
+        such patches (a thin 3D slab through a deep discriminator) is a one-line recipe
+        error, not a torch error at the first step."""
+        if self._generator is not None:
+            self._check_patch(unwrap(self._generator), "generator", self.channels * self.context)
+        if self._discriminator is not None:
+            self._check_patch(unwrap(self._discriminator), "discriminator", self._discriminator_channels)
+
+    def _check_patch(self, network: torch.nn.Module, role: str, in_channels: int) -> None:
+        patch = tuple(self.recipe["data"]["patch_size"])
+        was_training = network.training
+        network.eval()  # batch statistics of one sample would fail on a 1x1 map
+        try:
+            with torch.no_grad():
+                network(torch.zeros(1, in_channels, *patch, device=self.device))
+        except (RuntimeError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise RecipeError(f"cannot take patches of {'x'.join(map(str, patch))} (data.patch_size): "
+                              f"{reason}", self.source, role) from error
+        finally:
+            network.train(was_training)
 
     def _prepare(self, network: torch.nn.Module) -> torch.nn.Module:
         if self.memory_format is not None:

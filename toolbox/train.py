@@ -248,6 +248,7 @@ def run_training(recipe: Recipe, out: str | None = None, console=None,
     scheme = get_registry().build("schemes", config["scheme"], recipe.source, "scheme", parts=parts)
     if scheme.generator is None:
         raise ToolboxError(f"scheme '{config['scheme']['type']}' did not set its generator")
+    parts.check_networks()
     generator = unwrap(scheme.generator)  # validation runs on rank 0 alone, outside DDP
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in scheme.modules().items()}
     start_step, best_psnr = 0, -float("inf")
