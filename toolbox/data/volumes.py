@@ -127,12 +127,47 @@ def _dicom_rescale(ds) -> tuple[float, float]:
     return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
+# Transfer syntaxes whose compression loses nothing (uncompressed ones are not compressed).
+_LOSSLESS_SYNTAXES = {
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG lossless (process 14, SV1)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.92",  # JPEG 2000 lossless only
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",  # HTJ2K lossless
+    "1.2.840.10008.1.2.5",  # RLE lossless
+}
+_LOSSY_METHODS = {"1.2.840.10008.1.2.4.5": "ISO_10918_1", "1.2.840.10008.1.2.4.8": "ISO_14495_1",
+                  "1.2.840.10008.1.2.4.9": "ISO_15444_1", "1.2.840.10008.1.2.4.20": "ISO_15444_15"}
+
+
+def _note_lossy_source(ds) -> None:
+    """A derived image of a lossy-compressed one must say so (DICOM PS3.3 C.7.6.1.1.5):
+    LossyImageCompression 01 with its method and ratio, kept in the header we write back."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if not syntax.startswith("1.2.840.10008.1.2.4") or syntax in _LOSSLESS_SYNTAXES:
+        return
+    if str(ds.get("LossyImageCompression", "")) == "01" and "LossyImageCompressionRatio" in ds:
+        return
+    ds.LossyImageCompression = "01"
+    method = next((m for prefix, m in _LOSSY_METHODS.items() if syntax.startswith(prefix)), None)
+    if method and "LossyImageCompressionMethod" not in ds:
+        ds.LossyImageCompressionMethod = method
+    if "LossyImageCompressionRatio" not in ds and "PixelData" in ds:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        raw = (int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1))
+               * int(ds.get("BitsAllocated", 16)) // 8)
+        ds.LossyImageCompressionRatio = f"{raw / max(len(ds.PixelData), 1):.2f}"[:16]
+
+
 def _dicom_pixels(ds, path: Path) -> np.ndarray:
+    """Decoded pixels (compressed syntaxes through pydicom's plugins: pylibjpeg with libjpeg,
+    openjpeg and rle, and pyjpegls); colour images come back as RGB."""
     try:
-        return ds.pixel_array
+        pixels = ds.pixel_array
     except Exception as error:  # noqa: BLE001 - missing codec, truncated data, no pixel data
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ToolboxError(f"{path}: cannot decode the pixel data ({reason[:200]})") from error
+    _note_lossy_source(ds)
+    return pixels
 
 
 def read_dicom(path: Path, series: str | None = None) -> Volume:
