@@ -24,7 +24,7 @@ def measure(recipe_path: str, shape: list[int]) -> dict:
     import numpy as np
     import torch
 
-    from toolbox.infer import TrainedModel, denoise_normalised
+    from toolbox.infer import TrainedModel, denoise_with_model
     from toolbox.plugins import get_registry
     from toolbox.recipe import load_recipe
 
@@ -37,7 +37,7 @@ def measure(recipe_path: str, shape: list[int]) -> dict:
     model = TrainedModel(generator, recipe, "benchmark", None)
     volume = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
     started = time.perf_counter()
-    denoise_normalised(model, volume, None, torch.device("cpu"), overlap=0.25)
+    denoise_with_model(model, volume, None, torch.device("cpu"), overlap=0.25)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"shape": shape, "voxels": int(np.prod(shape)), "seconds": seconds, "peak_mb": peak_mb}

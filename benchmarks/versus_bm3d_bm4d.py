@@ -1,8 +1,10 @@
 """A trained model against BM3D (2D) / BM4D (3D) side by side: seconds and PSNR/SSIM.
 
-The clean image is normalised as the model's recipe says, Gaussian noise of the given
-sigma (normalised units) is added with a fixed seed, and both methods denoise the same
-noisy image on this machine, one after the other; BM3D / BM4D get the true sigma.  The
+Gaussian noise of the given sigma (in the recipe's normalised units, as in training) is
+added to the clean image with a fixed seed, and both methods denoise the same noisy image
+in its own units on this machine, one after the other, through the same normalisation as
+``toolbox denoise``; BM3D / BM4D get the true sigma.  Scores are in the image's units over
+the whole image (HU for CT, data range as ``toolbox evaluate`` states it).  The
 model's time is the best of ``--repeats`` runs after one warm-up run (thread pools and
 allocator warm); BM3D / BM4D run once (they take seconds to minutes).
 
@@ -40,8 +42,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from toolbox.baselines import bm3d_or_bm4d
-    from toolbox.evaluate import build_cases
-    from toolbox.infer import denoise_normalised, load_trained_model
+    from toolbox.evaluate import build_cases, run_baseline
+    from toolbox.infer import denoise_with_model, load_trained_model
     from toolbox.metrics import psnr_ssim
 
     device = torch.device("cpu")
@@ -51,14 +53,14 @@ def main() -> None:
     dims = case.clean.ndim - 1
     voxels = int(np.prod(case.clean.shape[1:]))
 
-    denoise_normalised(model, case.noisy, case.slice_axis, device)  # warm-up
+    denoise_with_model(model, case.noisy, case.slice_axis, device)  # warm-up
     model_seconds = float("inf")
     for _ in range(args.repeats):
         started = time.perf_counter()
-        denoised = denoise_normalised(model, case.noisy, case.slice_axis, device)
+        denoised = denoise_with_model(model, case.noisy, case.slice_axis, device)
         model_seconds = min(model_seconds, time.perf_counter() - started)
     started = time.perf_counter()
-    classical = bm3d_or_bm4d(case.noisy, args.sigma)
+    classical = run_baseline(bm3d_or_bm4d, model.recipe["data"]["normalize"], case.noisy, case.sigma)
     classical_seconds = time.perf_counter() - started
     name = "BM3D" if dims == 2 else "BM4D"
 
@@ -70,8 +72,8 @@ def main() -> None:
         regions.append((f"axis {axis} {start}:{stop}", tuple(index)))
 
     def scores(result, index):
-        return psnr_ssim(torch.from_numpy(np.ascontiguousarray(result[index])),
-                         torch.from_numpy(np.ascontiguousarray(case.clean[index])), dims)
+        return psnr_ssim(np.ascontiguousarray(result[index]), np.ascontiguousarray(case.clean[index]), dims,
+                         case.data_range)
 
     shape = "x".join(map(str, case.clean.shape[1:]))
     print(f"{case.name} ({shape}, {voxels:,} voxels), Gaussian sigma {args.sigma} "

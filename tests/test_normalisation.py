@@ -22,24 +22,28 @@ def _mr_volume() -> np.ndarray:
 
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("fraction", [0.05, 0.1, 0.2])
-def test_percentile_statistics_barely_move_with_the_noise(dims, fraction):
+@pytest.mark.parametrize("kind", ["percentile", "scale"])
+def test_levels_do_not_move_with_the_noise(dims, fraction, kind):
     clean = _mr_volume()
     if dims == 2:
-        clean = clean[..., 40]
-    spec = {"type": "percentile"}
+        clean = clean[..., 40]  # a small 80x96 slice: the hardest case
+    spec = {"type": kind}
     reference = fit_normalizer(spec, clean)
     sigma = fraction * reference.scale
-    noisy = clean + np.random.default_rng(0).normal(0, sigma, clean.shape).astype(np.float32)
-    moved = fit_normalizer(spec, noisy)
-    # Raw percentiles of the noisy image move by about -2.4 sigma at the low end (a zero
-    # background goes negative) and +1..1.8 sigma at the high end; these stay close.
-    assert abs(moved.offset - reference.offset) < 0.3 * sigma
-    assert abs(moved.scale / reference.scale - 1) < 0.06
+    for seed in range(3):
+        noisy = clean + np.random.default_rng(seed).normal(0, sigma, clean.shape).astype(np.float32)
+        moved = fit_normalizer(spec, noisy)
+        # Raw percentiles of the noisy image move by about -2.4 sigma at the low end (a zero
+        # background goes negative) and +1..1.8 sigma at the high end (the range by 16-80 %).
+        assert abs(moved.offset - reference.offset) < (0.06 if dims == 3 else 0.25) * sigma
+        assert abs(moved.scale / reference.scale - 1) < (0.02 if dims == 3 else 0.06)
+    if kind == "scale":
+        assert moved.offset == 0.0
 
 
 def test_same_anatomy_at_another_intensity_scale_normalises_the_same():
     clean = _mr_volume()
-    for spec in ({"type": "percentile"}, {"type": "minmax"}):
+    for spec in ({"type": "percentile"}, {"type": "scale"}, {"type": "minmax"}):
         a, b = fit_normalizer(spec, clean), fit_normalizer(spec, 7.5 * clean)
         assert np.allclose(a.forward(clean), b.forward(7.5 * clean), atol=1e-5)
 
@@ -71,9 +75,8 @@ def test_zero_background_comes_back_at_zero(bounded_mr_model, fraction):
 
     background = binary_erosion(clean[0] == 0, iterations=3)[None]
     assert background.sum() > 50_000
-    # Before the fix this was about -2 sigma (the whole background pushed negative).  What
-    # is left (about 0.17 sigma here) is the noise that survives in the smoothed statistic.
-    assert abs(float(denoised[background].mean())) < 0.25 * sigma
+    # Before the fix this was about -2 sigma (the whole background pushed negative).
+    assert abs(float(denoised[background].mean())) < 0.05 * sigma
     assert abs(float(noisy[background].mean())) < 0.01 * sigma  # the noise's own mean
     extent = float(clean.max() - clean.min())
     assert psnr_ssim(denoised, clean, 3, extent)[0] > psnr_ssim(noisy, clean, 3, extent)[0] + 5

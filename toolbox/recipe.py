@@ -101,7 +101,7 @@ SCHEMA = Section(
                 "normalize": Section(
                     {
                         "type": Value((str,), default="percentile",
-                                      choices=("window", "percentile", "minmax", "none")),
+                                      choices=("window", "percentile", "scale", "minmax", "none")),
                         "low": Value(NUMBER),
                         "high": Value(NUMBER),
                     },
@@ -345,6 +345,11 @@ def _check_data(section: dict, source: str) -> None:
         raise RecipeError("a window needs low and high", source, "data.normalize")
     if norm.get("low") is not None and norm.get("high") is not None and norm["low"] >= norm["high"]:
         raise RecipeError("low must be below high", source, "data.normalize")
+    if norm.get("type", "percentile") in ("percentile", "scale"):
+        for key in ("low", "high"):
+            if norm.get(key) is not None and not 0 <= norm[key] <= 100:
+                raise RecipeError(f"a percentage between 0 and 100, got {norm[key]}", source,
+                                  f"data.normalize.{key}")
 
 
 def check_parts_against_registry(data: dict, source: str) -> None:
