@@ -143,9 +143,33 @@ class RecordingPlugin:
         register("recording", RecordingDiscriminator)
 
 
-def _train(root: Path, recipe: dict) -> Path:
+def tiny_3d_recipe(root: Path) -> dict:
+    """A tiny 3D recipe on crops of the bundled MR volume (written under ``root``)."""
+    mr = nib.load(str(SAMPLES / "mr3d" / "mni_t1_2mm.nii.gz"))
+    data = np.asarray(mr.dataobj)
+    for split, region in (("train", data[10:42, 20:52, 20:52]), ("val", data[40:64, 40:72, 30:54])):
+        (root / split).mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(region, mr.affine), str(root / split / f"{split}.nii.gz"))
+    recipe = tiny_recipe(root)
+    recipe["data"].update(spatial_dims=3, patch_size=[16, 16, 16], normalize={"type": "percentile"},
+                          noise={"type": "rician", "sigma": 0.05})
+    recipe["generator"] = {"type": "unet", "features": [4, 4, 4, 4, 4, 4]}
+    recipe["discriminator"] = {"type": "patchgan", "base_filters": 4, "num_layers": 2}
+    return recipe
+
+
+def _train_supervised(root: Path, data_root: Path, data: dict, generator: dict, loss: str) -> Path:
+    """Train ``generator`` alone on ``loss`` for 300 steps (a model that really denoises)."""
     from toolbox.cli import main
 
+    recipe = tiny_recipe(data_root)
+    recipe["data"].update(data)
+    recipe["generator"] = generator
+    recipe["losses"] = {"pix": {"type": loss}}
+    recipe["optimizers"] = {"generator": {"type": "adam", "lr": 2e-3}}
+    recipe["scheme"] = {"type": "supervised"}
+    del recipe["discriminator"]
+    recipe["train"].update(steps=300, batch_size=8, val_every=300, checkpoint_every=300, log_every=50)
     assert main(["run", str(write_recipe(root / "r.yaml", recipe)), "--out", str(root / "run")]) == 0
     return root / "run"
 
@@ -154,17 +178,11 @@ def _train(root: Path, recipe: dict) -> Path:
 def denoising_ct_model(tmp_path_factory) -> Path:
     """A small residual U-Net that really denoises CT: trained for a few hundred steps on the
     two bundled training slices, HU -> -1000..1000 linearly, unclipped, 20-100 HU noise."""
-    root = tmp_path_factory.mktemp("ct_denoiser")
-    recipe = tiny_recipe(SAMPLES / "ct")
-    recipe["data"].update(val=str(SAMPLES / "ct" / "test" / "chest_small.nii.gz"), patch_size=[64, 64],
-                          noise={"type": "gaussian", "sigma": [0.01, 0.05]})
-    recipe["generator"] = {"type": "unet", "features": [16, 16, 32, 32, 32, 16]}
-    recipe["losses"] = {"pix": {"type": "mse"}}
-    recipe["optimizers"] = {"generator": {"type": "adam", "lr": 2e-3}}
-    recipe["scheme"] = {"type": "supervised"}
-    del recipe["discriminator"]
-    recipe["train"].update(steps=300, batch_size=8, val_every=300, checkpoint_every=300, log_every=50)
-    return _train(root, recipe)
+    return _train_supervised(
+        tmp_path_factory.mktemp("ct_denoiser"), SAMPLES / "ct",
+        {"val": str(SAMPLES / "ct" / "test" / "chest_small.nii.gz"), "patch_size": [64, 64],
+         "noise": {"type": "gaussian", "sigma": [0.01, 0.05]}},
+        {"type": "unet", "features": [16, 16, 32, 32, 32, 16]}, "mse")
 
 
 @pytest.fixture(scope="session")
@@ -173,15 +191,9 @@ def bounded_mr_model(tmp_path_factory) -> Path:
     slices of the bundled MR training slab (zero background) with percentile normalisation:
     the kind of model that hands a zero background back shifted if normalisation moves with
     the noise."""
-    root = tmp_path_factory.mktemp("mr_denoiser")
-    recipe = tiny_recipe(SAMPLES / "mr3d")
-    recipe["data"].update(val=str(SAMPLES / "mr3d" / "test"), patch_size=[48, 48],
-                          normalize={"type": "percentile"}, noise={"type": "gaussian", "sigma": [0.02, 0.15]})
-    recipe["generator"] = {"type": "efficient_unet", "filters": [8, 12, 16], "bridge": 16,
-                           "enhancer_kernel": 3, "norm": "none", "output": "sigmoid"}
-    recipe["losses"] = {"pix": {"type": "l1"}}
-    recipe["optimizers"] = {"generator": {"type": "adam", "lr": 2e-3}}
-    recipe["scheme"] = {"type": "supervised"}
-    del recipe["discriminator"]
-    recipe["train"].update(steps=300, batch_size=8, val_every=300, checkpoint_every=300, log_every=50)
-    return _train(root, recipe)
+    return _train_supervised(
+        tmp_path_factory.mktemp("mr_denoiser"), SAMPLES / "mr3d",
+        {"val": str(SAMPLES / "mr3d" / "test"), "patch_size": [48, 48], "normalize": {"type": "percentile"},
+         "noise": {"type": "gaussian", "sigma": [0.02, 0.15]}},
+        {"type": "efficient_unet", "filters": [8, 12, 16], "bridge": 16, "enhancer_kernel": 3,
+         "norm": "none", "output": "sigmoid"}, "l1")

@@ -86,18 +86,10 @@ def test_missing_model(tmp_path, small_ct):
 @pytest.fixture(scope="module")
 def model_3d(tmp_path_factory):
     """A 3D model (2 training steps on crops of the bundled MR volume)."""
-    from conftest import SAMPLES, tiny_recipe, write_recipe
+    from conftest import tiny_3d_recipe, write_recipe
 
     root = tmp_path_factory.mktemp("model_3d")
-    mr = nib.load(str(SAMPLES / "mr3d" / "mni_t1_2mm.nii.gz"))
-    data = np.asarray(mr.dataobj)
-    for split, region in (("train", data[10:42, 20:52, 20:52]), ("val", data[40:60, 40:60, 30:50])):
-        (root / split).mkdir()
-        nib.save(nib.Nifti1Image(region, mr.affine), str(root / split / f"{split}.nii.gz"))
-    recipe = tiny_recipe(root)
-    recipe["data"].update(spatial_dims=3, patch_size=[16, 16, 16], normalize={"type": "percentile"})
-    recipe["generator"] = {"type": "unet", "features": [4, 4, 4, 4, 4, 4]}
-    recipe["discriminator"] = {"type": "patchgan", "base_filters": 4, "num_layers": 2}
+    recipe = tiny_3d_recipe(root)
     assert main(["run", str(write_recipe(root / "r.yaml", recipe)), "--out", str(root / "run")]) == 0
     return root / "run"
 

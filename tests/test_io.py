@@ -14,7 +14,7 @@ import pytest
 import tifffile
 from pydicom.uid import generate_uid
 
-from conftest import SAMPLES, tiny_recipe, write_recipe
+from conftest import SAMPLES, tiny_3d_recipe, tiny_recipe, write_recipe
 from dicom_series import ct_slices, write_ct_series
 from toolbox.cli import main
 from toolbox.data.volumes import read_volume
@@ -224,15 +224,7 @@ def test_nan_volume_is_refused(ct_model, tmp_path, capsys):
 def test_3d_model_denoises_a_volume_with_sliding_windows(tmp_path):
     mr = nib.load(str(SAMPLES / "mr3d" / "mni_t1_2mm.nii.gz"))
     data = np.asarray(mr.dataobj)
-    for split, region in (("train", data[10:42, 20:52, 20:52]), ("val", data[40:64, 40:72, 30:54])):
-        (tmp_path / split).mkdir()
-        nib.save(nib.Nifti1Image(region, mr.affine), str(tmp_path / split / f"{split}.nii.gz"))
-    recipe = tiny_recipe(tmp_path)
-    recipe["data"].update(spatial_dims=3, patch_size=[16, 16, 16], normalize={"type": "percentile"},
-                          noise={"type": "rician", "sigma": 0.05})
-    recipe["generator"] = {"type": "unet", "features": [4, 4, 4, 4, 4, 4]}
-    recipe["discriminator"] = {"type": "patchgan", "base_filters": 4, "num_layers": 2}
-    path = write_recipe(tmp_path / "r.yaml", recipe)
+    path = write_recipe(tmp_path / "r.yaml", tiny_3d_recipe(tmp_path))
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
     # A region larger than the window (40 x 44 x 36 voxels vs 16^3) in its true position.
     region = nib.Nifti1Image(data[20:60, 30:74, 22:58], mr.affine @ np.array(

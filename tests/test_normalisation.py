@@ -116,3 +116,31 @@ def test_ct_air_and_bone_come_back_denoised(denoising_ct_model, tmp_path):
     # Voxels below -1000 HU and above 1000 HU changed too (none handed back as they came).
     outside = (noisy < -1000) | (noisy > 1000)
     assert outside.sum() > 1000 and np.mean(denoised[outside] == noisy[outside]) < 0.01
+
+
+def test_ct_padding_outside_the_field_of_view_is_kept_and_not_seen(denoising_ct_model, tmp_path):
+    """A CT slice as scanners store it: signed, PixelPaddingValue -3024 outside the circular
+    field of view.  The padding comes back exactly (viewers recognise it by its value), and
+    the image inside is denoised as well as without padding."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    hu = np.asarray(nib.load(str(SAMPLES / "ct" / "test" / "spine.nii.gz")).dataobj)[..., 0].T.astype(np.float32)
+    rows, cols = np.indices(hu.shape)
+    outside = (rows - 255.5) ** 2 + (cols - 255.5) ** 2 > 250.0 ** 2
+    noisy = hu + np.random.default_rng(3).normal(0, 40, hu.shape).astype(np.float32)
+    stored = np.where(outside, -3024, np.clip(np.rint(noisy), -1024, 3071)).astype(np.int16)
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.RescaleIntercept, ds.RescaleSlope, ds.PixelPaddingValue = 0, 1, -3024
+    ds.set_pixel_data(stored, photometric_interpretation="MONOCHROME2", bits_stored=16)
+    ds.save_as(tmp_path / "padded.dcm", enforce_file_format=True)
+    assert main(["denoise", str(denoising_ct_model), str(tmp_path / "padded.dcm"), "-o", str(tmp_path / "out.dcm")]) == 0
+    result = pydicom.dcmread(tmp_path / "out.dcm")
+    pixels = result.pixel_array
+    assert (pixels[outside] == -3024).all() and result.PixelPaddingValue == -3024
+    inside = ~outside
+    noise_rms = float(np.sqrt(np.mean((stored[inside] - hu[inside]) ** 2)))
+    error_rms = float(np.sqrt(np.mean((pixels[inside] - hu[inside]) ** 2)))
+    assert error_rms < 0.8 * noise_rms
+    ring = inside & ((rows - 255.5) ** 2 + (cols - 255.5) ** 2 > 240.0 ** 2)  # next to the padding
+    assert np.abs(pixels[ring] - hu[ring]).mean() < np.abs(stored[ring] - hu[ring]).mean()

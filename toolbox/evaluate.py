@@ -47,6 +47,7 @@ def build_cases(model, clean_paths, noisy_paths=None, noise_spec=None, seed: int
     """Clean/noisy pairs in the images' own units: real noisy files, or synthetic noise whose
     level is in normalised units (as in the recipe: added to the normalised clean image)."""
     from toolbox.baselines import estimate_noise_sigma
+    from toolbox.data.datasets import noisy_in_units
     from toolbox.data.normalize import data_range, fit_normalizer
     from toolbox.data.volumes import expand_inputs, read_volume, squeeze_spatial
     from toolbox.plugins import get_registry
@@ -70,7 +71,7 @@ def build_cases(model, clean_paths, noisy_paths=None, noise_spec=None, seed: int
     known = _true_sigma(noise_spec) if noise is not None else None
     for index, path in enumerate(clean_files):
         volume = read_volume(path, channels=model.channels)
-        clean = volume.array
+        clean = volume.image_values()  # padding outside the field of view is not image
         reference = fit_normalizer(norm_spec, clean)
         if noise is None:
             noisy_volume = read_volume(noisy_files[path.name], channels=model.channels)
@@ -79,9 +80,7 @@ def build_cases(model, clean_paths, noisy_paths=None, noise_spec=None, seed: int
                                    f"differs from the clean {path} {clean.shape[1:]}")
             noisy = noisy_volume.array
         else:
-            generator = torch.Generator().manual_seed(seed + index)
-            normalised = torch.from_numpy(reference.forward(clean).astype(np.float32))
-            noisy = reference.inverse(noise(normalised, generator).numpy())
+            noisy = noisy_in_units(noise, clean, reference, torch.Generator().manual_seed(seed + index))
         clean, slice_axis = squeeze_spatial(clean.astype(np.float32), volume.slice_axis)
         noisy, _ = squeeze_spatial(noisy.astype(np.float32), volume.slice_axis)
         sigma = known * reference.scale if known is not None else estimate_noise_sigma(noisy)

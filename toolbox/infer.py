@@ -223,5 +223,7 @@ def denoise_with_model(model: TrainedModel, units: np.ndarray, slice_axis: int |
 
 def denoise_volume(model: TrainedModel, volume, device: torch.device, overlap: float = 0.25,
                    progress=None) -> np.ndarray:
-    """Denoise a ``Volume`` (as read from a file) and return the result in the input's units."""
-    return denoise_with_model(model, volume.array, volume.slice_axis, device, overlap, progress)
+    """Denoise a ``Volume`` (as read from a file) and return the result in the input's units;
+    voxels the file marks as padding come back exactly as they were."""
+    units = denoise_with_model(model, volume.image_values(), volume.slice_axis, device, overlap, progress)
+    return volume.restore_padding(units)

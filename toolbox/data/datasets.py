@@ -148,7 +148,8 @@ def _load(path: Path, data: dict, reader) -> Loaded:
     if volume.array.shape[0] != channels:
         raise ToolboxError(f"{path}: has {volume.array.shape[0]} channels, the recipe expects "
                            f"{channels} (data.channels)")
-    array, slice_axis = squeeze_spatial(volume.array, volume.slice_axis, min_axes=dims)
+    # Padding (outside a CT's field of view) is not image: train on it as the darkest value.
+    array, slice_axis = squeeze_spatial(volume.image_values(), volume.slice_axis, min_axes=dims)
     if array.ndim - 1 < dims or (dims == 3 and array.ndim - 1 != 3):
         raise ToolboxError(f"{path}: has shape {volume.array.shape[1:]}; a {dims}D recipe needs "
                            f"{dims} spatial axes")
@@ -214,15 +215,20 @@ def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
         if noisy_val:
             noisy = noisy_val[index].array.astype(np.float32)
         else:
-            # The noise level is defined in normalised units, as in training: add it to the
-            # normalised clean image, then go back to the image's units.
             generator = torch.Generator().manual_seed(int(data["val_seed"]) + index)
-            normalised = torch.from_numpy(display.forward(clean).astype(np.float32))
-            noisy = display.inverse(noise(normalised, generator).float().numpy()).astype(np.float32)
+            noisy = noisy_in_units(noise, clean, display, generator)
         held_out.append(HeldOut(loaded.path.name, clean, noisy, data_range(norm_spec, clean), display,
                                 loaded.slice_axis, loaded.volume))
     note = describe_range(norm_spec)
     return DataBundle(train, held_out, dims, data["channels"], note)
+
+
+def noisy_in_units(noise, clean: np.ndarray, normalizer: Normalizer, generator: torch.Generator) -> np.ndarray:
+    """A synthetic noisy copy of ``clean`` (in its own units): the noise level is defined in
+    normalised units, as in training, so the noise is added to the normalised clean image and
+    the result mapped back to the image's units."""
+    normalised = torch.from_numpy(normalizer.forward(clean).astype(np.float32))
+    return normalizer.inverse(noise(normalised, generator).float().numpy()).astype(np.float32)
 
 
 def _read_paired(paired: dict, split: str, data: dict, reader):

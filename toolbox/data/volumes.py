@@ -35,6 +35,21 @@ class Volume:
     slice_axis: int | None = None  # spatial axis of the slices (3D inputs)
     meta: dict = field(default_factory=dict)
     name: str = ""  # short name for tables and output files
+    padding: np.ndarray | None = None  # True where the file marks a voxel as padding, not image
+
+    def image_values(self) -> np.ndarray:
+        """``array`` with padding voxels (DICOM PixelPaddingValue: the scanner's fill outside
+        the field of view, -2000 or -3024 HU) set to the darkest real value, so that a
+        network sees no cliff that is not in the image; ``restore_padding`` puts them back."""
+        if self.padding is None or not self.padding.any() or self.padding.all():
+            return self.array
+        return np.where(self.padding, self.array[~self.padding].min(), self.array).astype(np.float32)
+
+    def restore_padding(self, units: np.ndarray) -> np.ndarray:
+        """Padding voxels exactly as they came in (viewers recognise padding by its value)."""
+        if self.padding is None or not self.padding.any():
+            return units
+        return np.where(self.padding, self.array, units).astype(np.float32)
 
     @property
     def spatial_dims(self) -> int:
@@ -170,6 +185,18 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
     return pixels
 
 
+def _padding_mask(ds, stored: np.ndarray) -> np.ndarray | None:
+    """Voxels whose stored value is the PixelPaddingValue (up to PixelPaddingRangeLimit)."""
+    value = ds.get("PixelPaddingValue")
+    if value is None or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None:
+        return stored == float(value)
+    low, high = sorted((float(value), float(limit)))
+    return (stored >= low) & (stored <= high)
+
+
 def read_dicom(path: Path, series: str | None = None) -> Volume:
     import pydicom
 
@@ -225,15 +252,19 @@ def read_dicom(path: Path, series: str | None = None) -> Volume:
     for index, ds in enumerate(headers):  # slope / intercept may differ from slice to slice
         slope, intercept = _dicom_rescale(ds)
         units[index] = stack[index] * slope + intercept
-    if samples > 1:
-        units = np.moveaxis(units, -1, 0)  # channels first
-    else:
-        units = units[None]
-    # (C, slices, [frames,] rows, cols) -> one volume; a single 2D image stays 2D.
-    if frames > 1 and len(headers) == 1:
-        units = units[:, 0]
-    if units.shape[1] == 1 and units.ndim == 4:
-        units = units[:, 0]
+
+    def arrange(array: np.ndarray) -> np.ndarray:
+        # (C, slices, [frames,] rows, cols) -> one volume; a single 2D image stays 2D.
+        array = np.moveaxis(array, -1, 0) if samples > 1 else array[None]
+        if frames > 1 and len(headers) == 1:
+            array = array[:, 0]
+        if array.shape[1] == 1 and array.ndim == 4:
+            array = array[:, 0]
+        return array
+
+    units = arrange(units)
+    padding = _padding_mask(first, stack)
+    padding = arrange(padding) if padding is not None else None
     dtype = _stored_dtype(first)
     slope, intercept = _dicom_rescale(first)
     low, high = _dtype_range(dtype)
@@ -247,7 +278,7 @@ def read_dicom(path: Path, series: str | None = None) -> Volume:
         stored_dtype=dtype, value_range=value_range,
         slice_axis=0 if units.ndim == 4 else None,
         meta={"headers": headers, "multiframe": frames > 1},
-        name=path.name,
+        name=path.name, padding=padding,
     )
 
 
