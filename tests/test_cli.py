@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +41,11 @@ def test_run_writes_a_complete_run_folder(tmp_path, small_ct, capsys):
     report = json.loads((out / "eval.json").read_text())
     assert report["images"][0]["data_range"] == 2000.0 and report["images"][0]["name"] == "spine.nii.gz"
     assert "window -1000..1000" in report["data_range"]
+    # The held-out files hold what was scored: float32 HU, noise not clipped or rounded.
+    import nibabel as nib
+
+    noisy = nib.load(str(out / "held_out" / "noisy_spine.nii.gz"))
+    assert noisy.get_data_dtype() == np.float32 and not np.allclose(noisy.get_fdata(), np.rint(noisy.get_fdata()))
 
 
 def test_run_is_reproducible_from_its_seed(tmp_path, small_ct):

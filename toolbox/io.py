@@ -194,6 +194,7 @@ def _write_nifti(volume: Volume, units: np.ndarray, output: Path, description: s
         image = nib.Nifti1Image(stored, volume.meta["affine"], header=header)
         image.header.set_slope_inter(slope, inter)
     else:  # real units as floats, unscaled
+        header.set_data_dtype(dtype)
         image = nib.Nifti1Image(data.astype(dtype), volume.meta["affine"], header=header)
         image.header.set_slope_inter(1.0, 0.0)
     image.header["descrip"] = description[:79].encode()

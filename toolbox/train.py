@@ -5,6 +5,7 @@ It knows nothing about GANs: what one step does is the registered scheme's busin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import platform
@@ -146,9 +147,12 @@ def write_held_out_outputs(run_dir: Path, held_out, outputs, rows, description: 
         written.append(figure)
         if item.volume is None:  # read through a MONAI reader: no template to write back
             continue
-        shape = item.volume.array.shape
+        template, shape = item.volume, item.volume.array.shape
+        if template.format == "nifti":  # float32, so that the files hold what was scored
+            template = dataclasses.replace(template, stored_dtype=np.dtype(np.float32),
+                                           value_range=(-np.inf, np.inf))
         for prefix, units in (("noisy", item.noisy), ("denoised", denoised)):
-            written.append(write_volume(item.volume, units.reshape(shape),
+            written.append(write_volume(template, units.reshape(shape),
                                         run_dir / "held_out" / f"{prefix}_{item.name}",
                                         f"{prefix} {description}"[:60], overwrite=True))
     return written
