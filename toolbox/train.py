@@ -412,7 +412,7 @@ def _final_report(run_dir: Path, config: dict, data, generator, validate, starte
     written = write_held_out_outputs(run_dir, data.held_out, outputs, rows,
                                      f"{config.get('name') or 'model'} step {best['step']}")
     report = {
-        "data_range": data.normalize_note,
+        "data_range": data.data_range_note,
         "units": "the images' own units, whole image, unclipped",
         "best_step": best["step"],
         "images": [r.__dict__ for r in rows],

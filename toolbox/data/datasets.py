@@ -128,7 +128,7 @@ class DataBundle:
     held_out: list[HeldOut]
     spatial_dims: int
     channels: int
-    normalize_note: str
+    data_range_note: str
 
 
 @dataclass
