@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv, Norm
 
 import toolbox
-from toolbox.errors import RecipeError
+from toolbox import RecipeError, Scheme
 from toolbox.nn import pad_to_multiple
-from toolbox.scheme import Scheme
 
 
 # -- building blocks -------------------------------------------------------------------------

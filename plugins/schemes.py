@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 
 import toolbox
-from toolbox.errors import RecipeError
-from toolbox.scheme import Scheme
+from toolbox import RecipeError, Scheme
 
 
 class Supervised(Scheme):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import toolbox
-from toolbox.errors import ToolboxError
+from toolbox import ToolboxError
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
@@ -223,7 +223,7 @@ def download_vgg19(output: Path) -> Path:
     """Fetch torchvision's VGG19 weights, check the SHA-256 prefix, write atomically."""
     import urllib.request
 
-    from toolbox.checkpoint import atomic_write
+    from toolbox import atomic_write
 
     def fetch(tmp: Path) -> None:
         with urllib.request.urlopen(VGG19_URL, timeout=60) as response, open(tmp, "wb") as handle:  # noqa: S310

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 
 import toolbox
-from toolbox.scheme import Scheme
+from toolbox import Scheme
 
 
 class WGANCNN(torch.nn.Module):

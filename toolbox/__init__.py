@@ -6,6 +6,8 @@ The public API for plugin authors and scripts:
 - ``components(kind)``: the registered names of one kind ("generators", "losses", ...).
 - ``build(kind, spec, **injected)``: build a part from ``{"type": NAME, ...options}``.
 - ``ToolboxError``: the error type for user mistakes; the CLI prints it as one line.
+- ``RecipeError``: a ``ToolboxError`` that names the recipe file and key path.
+- ``atomic_write(path, write)``: write a file under a temporary name, renamed when complete.
 - ``Scheme``: the base class of training schemes (``toolbox.scheme``).
 - ``unwrap(net)``: the network inside a DistributedDataParallel wrapper (under ``torchrun``
   the networks a scheme gets from ``Parts`` are wrapped).
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import pluggy
 
-from toolbox.errors import ToolboxError
+from toolbox.errors import RecipeError, ToolboxError
 
 __version__ = "0.1.0"
 
@@ -50,6 +52,10 @@ def __getattr__(name: str):
         from toolbox.scheme import Scheme
 
         return Scheme
+    if name == "atomic_write":
+        from toolbox.checkpoint import atomic_write
+
+        return atomic_write
     if name == "unwrap":
         from toolbox.distributed import unwrap
 
@@ -57,4 +63,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'toolbox' has no attribute {name!r}")
 
 
-__all__ = ["hookimpl", "components", "build", "ToolboxError", "Scheme", "unwrap", "__version__"]
+__all__ = ["hookimpl", "components", "build", "ToolboxError", "RecipeError", "Scheme", "unwrap",
+           "atomic_write", "__version__"]
