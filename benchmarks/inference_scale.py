@@ -24,16 +24,12 @@ def measure(recipe_path: str, shape: list[int]) -> dict:
     import numpy as np
     import torch
 
-    from toolbox.infer import TrainedModel, denoise_with_model
-    from toolbox.plugins import get_registry
-    from toolbox.recipe import load_recipe
+    import toolbox
+    from toolbox import TrainedModel, denoise_with_model
 
     torch.manual_seed(0)
-    recipe = load_recipe(recipe_path).data
-    data = recipe["data"]
-    generator = get_registry().build(
-        "generators", recipe["generator"], recipe_path, "generator", spatial_dims=data["spatial_dims"],
-        in_channels=data["channels"] * data.get("context_slices", 1), out_channels=data["channels"]).eval()
+    recipe = toolbox.load_recipe(recipe_path).data
+    generator = toolbox.build_generator(recipe, recipe_path).eval()
     model = TrainedModel(generator, recipe, "benchmark", None)
     volume = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Quality of one trained model across noise levels, against the classical baselines.
 
-Runs ``toolbox evaluate`` (``toolbox.evaluate.evaluate``) once per sigma with synthetic
+Runs ``toolbox evaluate`` (``toolbox.evaluate``) once per sigma with synthetic
 Gaussian noise (normalised units, fixed seed) on held-out clean images, and prints one
 Markdown table: mean PSNR / SSIM per method and sigma, and the model's margin over BM3D
 (2D) / BM4D (3D) given the true sigma, against the +1.5 dB target.  A model trained for
@@ -29,7 +29,7 @@ def main() -> None:
 
     from rich.console import Console
 
-    from toolbox.evaluate import evaluate
+    from toolbox import evaluate
 
     quiet = Console(quiet=True)
     reports = {}

@@ -48,26 +48,21 @@ def convolution_peak(spatial_dims: int, repeats: int = 5) -> float:
 
 
 def build(recipe_path: str, overrides: list[str]):
-    from toolbox.data.datasets import build_data
-    from toolbox.plugins import get_registry
-    from toolbox.recipe import load_recipe
-    from toolbox.scheme import Parts
-    from toolbox.train import seed_everything
+    import toolbox
 
-    recipe = load_recipe(recipe_path, overrides)
+    recipe = toolbox.load_recipe(recipe_path, overrides)
     config = recipe.data
-    seed_everything(int(config["seed"]))
-    data = build_data(config, recipe.source)
-    parts = Parts(config, recipe.source, torch.device("cpu"), amp=config["train"]["amp"],
-                  channels_last=config["train"]["channels_last"])
-    scheme = get_registry().build("schemes", config["scheme"], recipe.source, "scheme", parts=parts)
+    toolbox.seed_everything(int(config["seed"]))
+    data = toolbox.build_data(config, recipe.source)
+    parts, scheme = toolbox.build_scheme(recipe, "cpu", amp=config["train"]["amp"],
+                                         channels_last=config["train"]["channels_last"])
     return config, data, parts, scheme
 
 
 def batches_for(data, parts, batch_size: int, count: int, start: int):
-    from toolbox.train import _loader
+    from toolbox import make_loader
 
-    loader = _loader(data.train, batch_size, list(range(start * batch_size, (start + count) * batch_size)), 0, 0)
+    loader = make_loader(data.train, batch_size, list(range(start * batch_size, (start + count) * batch_size)))
     return [parts.to_device(batch) for batch in loader]
 
 

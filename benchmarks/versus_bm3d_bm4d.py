@@ -41,13 +41,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12345)
     args = parser.parse_args()
 
-    from toolbox.baselines import bm3d_or_bm4d
-    from toolbox.evaluate import build_cases, run_baseline
-    from toolbox.infer import denoise_with_model, load_trained_model
-    from toolbox.metrics import psnr_ssim
+    from toolbox import build_cases, classical_baseline, denoise_with_model, load_model, psnr_ssim, run_baseline
 
     device = torch.device("cpu")
-    model = load_trained_model(Path(args.model), device)
+    model = load_model(Path(args.model), device)
     case = build_cases(model, [Path(args.image)], noise_spec={"type": "gaussian", "sigma": args.sigma},
                        seed=args.seed)[0]
     dims = case.clean.ndim - 1
@@ -60,7 +57,7 @@ def main() -> None:
         denoised = denoise_with_model(model, case.noisy, case.slice_axis, device)
         model_seconds = min(model_seconds, time.perf_counter() - started)
     started = time.perf_counter()
-    classical = run_baseline(bm3d_or_bm4d, model.recipe["data"]["normalize"], case.noisy, case.sigma)
+    classical = run_baseline(classical_baseline, model.recipe["data"]["normalize"], case.noisy, case.sigma)
     classical_seconds = time.perf_counter() - started
     name = "BM3D" if dims == 2 else "BM4D"
 

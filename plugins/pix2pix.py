@@ -12,18 +12,15 @@ loss and a ``gan`` loss.
 from __future__ import annotations
 
 import torch
-from monai.networks.layers import Conv, Norm
+from monai.networks.layers import Conv
 
 import toolbox
-from toolbox.nn import init_normal_, logits, pad_to_multiple
+from toolbox.nn import check_norm, init_normal_, logits, norm_layer, pad_to_multiple
 
 
 def _norm(norm: str, spatial_dims: int, channels: int):
-    if norm == "batch":
-        return Norm[Norm.BATCH, spatial_dims](channels)
-    if norm == "instance":
-        return Norm[Norm.INSTANCE, spatial_dims](channels)
-    return torch.nn.Identity()
+    # pix2pix's instance norm has no learned scale and shift.
+    return norm_layer(norm, spatial_dims, channels, affine=False)
 
 
 class _SkipBlock(torch.nn.Module):
@@ -73,8 +70,7 @@ class Pix2PixUNet(torch.nn.Module):
         super().__init__()
         if num_downs < 5:
             raise ValueError(f"num_downs must be at least 5, got {num_downs}")
-        if norm not in ("batch", "instance", "none"):
-            raise ValueError(f"norm must be batch, instance or none, got {norm!r}")
+        check_norm(norm)
         if output not in ("tanh", "linear"):
             raise ValueError(f"output must be tanh or linear, got {output!r}")
         if residual and in_channels != out_channels:
@@ -113,8 +109,7 @@ class PatchGAN(torch.nn.Module):
         super().__init__()
         from monai.networks.nets import PatchDiscriminator
 
-        if norm not in ("batch", "instance", "none"):
-            raise ValueError(f"norm must be batch, instance or none, got {norm!r}")
+        check_norm(norm)
         self.net = PatchDiscriminator(
             spatial_dims=spatial_dims, num_layers_d=num_layers, channels=base_filters,
             in_channels=in_channels, out_channels=1, kernel_size=4,

@@ -6,10 +6,8 @@ Loss terms are logged BasicSR-style: ``l_g_<name>`` for each weighted generator 
 
 from __future__ import annotations
 
-import torch
-
 import toolbox
-from toolbox import RecipeError, Scheme
+from toolbox import GANScheme, RecipeError, Scheme
 
 
 class Supervised(Scheme):
@@ -28,15 +26,14 @@ class Supervised(Scheme):
     def train_step(self, batches, step):
         batch = batches[0]
         with self.parts.autocast():
-            output = self.generator(batch["input"])
-            output = output[0] if isinstance(output, (tuple, list)) else output
+            output = self.generate(batch["input"])
         terms = {f"l_g_{name}": loss(output.float(), batch["target"]) for name, loss in self.losses.items()}
         total = sum(terms.values())
         self.backward_step(total, self.optimizer)
-        return {**{k: v.item() for k, v in terms.items()}, "l_g_total": total.item()}
+        return self.logged(terms, total)
 
 
-class PairedGAN(Scheme):
+class PairedGAN(GANScheme):
     """Conditional GAN (pix2pix): D judges (input, target) against (input, G(input)).
 
     ``adversarial`` names the loss in ``losses`` that is the adversarial criterion (a
@@ -46,39 +43,11 @@ class PairedGAN(Scheme):
     """
 
     def __init__(self, parts, d_steps: int = 1, adversarial: str = "adv", conditional: bool = True):
-        super().__init__(parts)
-        if d_steps < 1:
-            raise ValueError(f"d_steps must be at least 1, got {d_steps}")
-        self.adversarial, self.pixel_losses = self.split_adversarial(adversarial, "{type: gan, mode: bce}")
-        self.adversarial_name = adversarial
-        self.conditional = conditional
-        self.batches_per_step = d_steps
-        self.build_adversarial_pair(2 * parts.channels if conditional else parts.channels)
+        super().__init__(parts, adversarial=adversarial, conditional=conditional, d_steps=d_steps)
 
-    def _pair(self, source, image):
-        return torch.cat([source, image], dim=1) if self.conditional else image
-
-    def train_step(self, batches, step):
-        criterion = self.adversarial.module
-        # Discriminator: real pairs towards "real", generated pairs towards "fake".
-        self.requires_grad(self.discriminator, True)
-        for batch in batches:
-            with torch.no_grad(), self.parts.autocast():
-                fake = self.generate(batch["input"])
-            with self.parts.autocast():
-                real_logits = self.discriminator(self._pair(batch["input"], batch["target"]))
-                fake_logits = self.discriminator(self._pair(batch["input"], fake.detach()))
-            l_d_real = criterion(real_logits, True, for_discriminator=True)
-            l_d_fake = criterion(fake_logits, False, for_discriminator=True)
-            # pix2pix halves D's loss so that D learns slower than G.
-            self.backward_step(0.5 * (l_d_real + l_d_fake), self.opt_d)
-
-        # Generator: fool D and stay close to the target.
-        logged = self.adversarial_generator_step(batches[-1], self.discriminator, self.adversarial,
-                                                 self.adversarial_name, self.pixel_losses, self.opt_g,
-                                                 pair=self._pair)
-        logged.update(l_d_real=l_d_real.item(), l_d_fake=l_d_fake.item())
-        return logged
+    def discriminator_loss(self, terms):
+        # pix2pix halves D's loss so that D learns slower than G.
+        return 0.5 * (terms["l_d_real"] + terms["l_d_fake"])
 
 
 @toolbox.hookimpl

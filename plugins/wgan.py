@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 
 import toolbox
-from toolbox import Scheme
+from toolbox import GANScheme
+from toolbox.nn import all_outputs
 
 
 class WGANCNN(torch.nn.Module):
@@ -83,8 +84,7 @@ class WGANCritic(torch.nn.Module):
 
 
 def _scores(output) -> torch.Tensor:
-    maps = output if isinstance(output, (tuple, list)) else [output]
-    return sum(m.float().flatten(1).mean(1) for m in maps)  # one score per sample
+    return sum(m.float().flatten(1).mean(1) for m in all_outputs(output))  # one score per sample
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor,
@@ -103,7 +103,7 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor,
     return ((norms - 1) ** 2).mean()
 
 
-class WGANGP(Scheme):
+class WGANGP(GANScheme):
     """WGAN with gradient penalty: ``n_critic`` critic steps, then one generator step.
 
     ``adversarial`` names the critic criterion in ``losses`` (``{type: gan, mode: wgan}``);
@@ -112,43 +112,30 @@ class WGANGP(Scheme):
     adversarial loss the scheme is rejected: use ``supervised`` for CNN-MSE / CNN-VGG.
     """
 
+    adversarial_example = "{type: gan, mode: wgan}"
+
     def __init__(self, parts, n_critic: int = 4, gp_weight: float = 10.0, adversarial: str = "adv",
                  conditional: bool = False):
-        super().__init__(parts)
         if n_critic < 1:
             raise ValueError(f"n_critic must be at least 1, got {n_critic}")
-        self.adversarial, self.content = self.split_adversarial(adversarial, "{type: gan, mode: wgan}")
-        self.adversarial_name = adversarial
+        super().__init__(parts, adversarial=adversarial, conditional=conditional, d_steps=n_critic)
         self.gp_weight = gp_weight
-        self.conditional = conditional
-        self.batches_per_step = n_critic
-        self.build_adversarial_pair(2 * parts.channels if conditional else parts.channels)
         self.critic = self.discriminator
         self._gp_generator = torch.Generator().manual_seed(int(parts.recipe.get("seed", 0)))
         self.track("gradient_penalty", self._gp_generator)
 
-    def _pair(self, source, image):
-        return torch.cat([source, image], 1) if self.conditional else image
+    def discriminator_terms(self, batch, fake):
+        terms = super().discriminator_terms(batch, fake)
+        # The penalty needs second derivatives: computed in full precision.
+        terms["l_d_gp"] = self.gp_weight * gradient_penalty(
+            self.critic, self.pair(batch["input"], batch["target"]), self.pair(batch["input"], fake),
+            self._gp_generator)
+        return terms
 
     def train_step(self, batches, step):
-        criterion = self.adversarial.module
-        self.requires_grad(self.critic, True)
-        for batch in batches:
-            with torch.no_grad(), self.parts.autocast():
-                fake = self.generate(batch["input"])
-            real_pair, fake_pair = self._pair(batch["input"], batch["target"]), self._pair(batch["input"], fake)
-            with self.parts.autocast():
-                l_d_real = criterion(self.critic(real_pair), True, for_discriminator=True)
-                l_d_fake = criterion(self.critic(fake_pair), False, for_discriminator=True)
-            # The penalty needs second derivatives: computed in full precision.
-            l_d_gp = self.gp_weight * gradient_penalty(self.critic, real_pair, fake_pair, self._gp_generator)
-            self.backward_step(l_d_real + l_d_fake + l_d_gp, self.opt_d)
-        logged = self.adversarial_generator_step(batches[-1], self.critic, self.adversarial,
-                                                 self.adversarial_name, self.content, self.opt_g,
-                                                 pair=self._pair)
-        logged.update(l_d_real=l_d_real.item(), l_d_fake=l_d_fake.item(), l_d_gp=l_d_gp.item(),
-                      w_distance=-(l_d_real + l_d_fake).item())
-        return logged
+        terms = super().train_step(batches, step)
+        terms["w_distance"] = -(terms["l_d_real"] + terms["l_d_fake"])
+        return terms
 
 
 @toolbox.hookimpl

@@ -7,16 +7,18 @@ import torch
 
 import toolbox
 from conftest import RecordingPlugin, tiny_recipe
-from toolbox.recipe import validate
-from toolbox.scheme import Parts
-from toolbox_plugins.adl import (
+from toolbox import Parts
+from toolbox import validate_recipe as validate
+from toolbox_plugins.adl.losses import (
     ADLLoss,
-    EfficientUNet,
-    EfficientUNetDiscriminator,
     HistogramLoss,
     PyramidTextureLoss,
     soft_histogram,
     wavelet_bands,
+)
+from toolbox_plugins.adl.networks import (
+    EfficientUNet,
+    EfficientUNetDiscriminator,
 )
 
 SMALL = {"filters": (4, 6, 8), "bridge": 8, "enhancer_kernel": 3}
@@ -91,7 +93,7 @@ def test_pyramid_bands_are_the_a_trous_b3_spline_details():
     # Bands sum to the image minus its coarsest blur (a telescoping sum).
     image = torch.rand(1, 1, 32, 32)
     bands = wavelet_bands(image, 3)
-    from toolbox_plugins.adl import B3_SPLINE, _separable_blur
+    from toolbox_plugins.adl.losses import B3_SPLINE, _separable_blur
     coarse = image
     for level in range(3):
         coarse = _separable_blur(coarse, B3_SPLINE, 2**level)
@@ -151,15 +153,15 @@ def test_adl_losses_are_available_to_any_recipe_by_name():
 
 
 # -- scheme ----------------------------------------------------------------------------------
-def _adl_scheme(small_ct, **options):
+def _adl_scheme(small_ct, fidelity=None, **options):
     recipe = tiny_recipe(small_ct)
     recipe["generator"] = {"type": "efficient_unet", **{k: list(v) if isinstance(v, tuple) else v
                                                         for k, v in SMALL.items()}}
     recipe["discriminator"] = {"type": "recording"}
-    recipe["losses"] = {"fidelity": {"type": "adl"}, "adv": {"type": "gan", "mode": "hinge", "weight": 0.1}}
+    recipe["losses"] = {"fidelity": fidelity or {"type": "adl"}, "adv": {"type": "gan", "mode": "hinge", "weight": 0.1}}
     recipe["scheme"] = {"type": "adl", **options}
     checked = validate(recipe, "test")
-    return toolbox.build("schemes", checked["scheme"], parts=Parts(checked.data, "test", torch.device("cpu")))
+    return toolbox.build("schemes", checked["scheme"], parts=Parts(checked.data, "test", torch.device("cpu"), toolbox.plugin_registry()))
 
 
 def _batch():
@@ -190,11 +192,13 @@ def test_paper_mode_shows_the_discriminator_the_denoised_output(small_ct, plugin
     assert not torch.equal(fake, batch["input"]) and torch.equal(fake, judged_for_g)
 
 
-def test_release_compat_switches_every_documented_behaviour(small_ct, plugin_for_one_test):
+def test_release_compat_is_an_option_of_each_part_that_owns_it(small_ct, plugin_for_one_test):
     plugin_for_one_test(RecordingPlugin())
+    # A loss switched in the recipe keeps its switch: the scheme never patches built parts.
+    kept = _adl_scheme(small_ct, fidelity={"type": "adl", "release_compat": True}, release_compat=False)
+    assert kept.content["fidelity"].module.histogram.release_compat
     scheme = _adl_scheme(small_ct, release_compat=True)
-    fidelity = scheme.fidelity["fidelity"].module
-    assert fidelity.histogram.release_compat and fidelity.pyramid.release_compat
+    assert not scheme.content["fidelity"].module.histogram.release_compat
     batch = _batch()
     terms = scheme.train_step([batch], 1)
     assert "l_g_adv" not in terms  # no adversarial term for the denoiser
@@ -227,3 +231,11 @@ def test_residual_output_passes_the_input_through_when_the_heads_are_silent(dims
     torch.testing.assert_close(quarter, pool(middle, 4, ceil_mode=True))
     with pytest.raises(ValueError, match="multiple"):
         EfficientUNet(dims, 3, 2, filters=(4, 4, 8), bridge=8, output="residual")
+
+
+@pytest.mark.parametrize("recipe", ["adl2d", "adl3d"])
+def test_release_profile_sets_the_scheme_and_the_losses(recipe):
+    from conftest import ROOT
+
+    loaded = toolbox.load_recipe(ROOT / "recipes" / f"{recipe}.yaml", profile="release")
+    assert loaded["scheme"]["release_compat"] and loaded["losses"]["fidelity"]["release_compat"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, tiny_recipe, write_recipe
+from toolbox.checkpoint import generator_weights
 from toolbox.cli import main
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -52,8 +53,8 @@ def test_run_is_reproducible_from_its_seed(tmp_path, small_ct):
     recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(small_ct))
     for name in ("a", "b"):
         assert main(["run", str(recipe), "--out", str(tmp_path / name)]) == 0
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["generator"]
-    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["generator"]
+    a = generator_weights(torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True))
+    b = generator_weights(torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+
+import toolbox
 import tifffile
 import torch
 
 from conftest import SAMPLES, tiny_recipe
-from toolbox.data.datasets import PatchDataset, build_data
+from toolbox import build_data
+from toolbox.data.datasets import PatchDataset
 from toolbox.data.normalize import fit_normalizer
 from toolbox.data.readers import read_image
-from toolbox.data.volumes import expand_inputs
+from toolbox.io import expand_inputs, formats_of
 from toolbox.errors import ToolboxError
-from toolbox.recipe import validate
+from toolbox import validate_recipe as validate
 
 
 @pytest.mark.parametrize(
@@ -69,9 +72,9 @@ def test_wrong_dimensionality_is_explained():
 
 def test_missing_folder_and_empty_folder(tmp_path):
     with pytest.raises(ToolboxError, match="no such file or folder"):
-        expand_inputs(tmp_path / "nope")
+        expand_inputs(tmp_path / "nope", formats_of(toolbox.plugin_registry()))
     with pytest.raises(ToolboxError, match="no images"):
-        expand_inputs(tmp_path)
+        expand_inputs(tmp_path, formats_of(toolbox.plugin_registry()))
 
 
 def test_window_and_percentile_normalisers_invert():

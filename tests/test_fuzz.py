@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SAMPLES, tiny_recipe
-from toolbox.data.volumes import read_volume
+from toolbox import read_volume
 from toolbox.errors import ToolboxError
-from toolbox.recipe import load_recipe
+from toolbox import load_recipe
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 

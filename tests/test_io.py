@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import itk
 import nibabel as nib
@@ -17,7 +18,8 @@ from pydicom.uid import generate_uid
 from conftest import SAMPLES, tiny_3d_recipe, tiny_recipe, write_recipe
 from dicom_series import ct_slices, write_ct_series
 from toolbox.cli import main
-from toolbox.data.volumes import read_volume
+import toolbox
+from toolbox import read_volume
 from toolbox.errors import ToolboxError
 
 
@@ -255,7 +257,8 @@ def test_scaled_nifti_keeps_its_scaling_and_negative_values(denoising_ct_model, 
     in HU are the model's output within one stored step."""
     import torch
 
-    from toolbox.infer import denoise_volume, load_trained_model
+    from toolbox import load_model as load_trained_model
+    from toolbox.infer import denoise_volume
 
     head = np.asarray(nib.load(str(SAMPLES / "ct" / "train" / "head.nii.gz")).dataobj)[..., 0]
     hu = np.stack([head[224:288, 64:128], head[256:320, 64:128]], axis=-1).astype(np.float32)
@@ -271,7 +274,25 @@ def test_scaled_nifti_keeps_its_scaling_and_negative_values(denoising_ct_model, 
     assert (float(result.dataobj.slope), float(result.dataobj.inter)) == (slope, inter)
     written = result.get_fdata()
     assert written.min() < -500  # air stays air (was clipped to 0 HU, i.e. water)
-    expected = denoise_volume(load_trained_model(denoising_ct_model, torch.device("cpu")), read_volume(source),
+    expected = denoise_volume(load_trained_model(denoising_ct_model), read_volume(source),
                               torch.device("cpu"))[0]
     low = inter + slope * np.iinfo(dtype).min
     assert np.abs(written - np.maximum(expected, low)).max() <= slope / 2 + 1e-3
+
+
+def test_content_decides_when_the_suffix_is_wrong_or_missing(tmp_path):
+    """A DICOM file named .png and a NIfTI file without a suffix read as what they are."""
+    import shutil
+
+    from toolbox.io import find_format, formats_of
+
+    formats = formats_of(toolbox.plugin_registry())
+    dicom_as_png = tmp_path / "slice.png"
+    shutil.copy(Path(__file__).parent / "data" / "JPEG-LL.dcm", dicom_as_png)
+    nifti_bare = tmp_path / "head"
+    shutil.copy(SAMPLES / "ct" / "train" / "head.nii.gz", nifti_bare)
+    assert find_format(dicom_as_png, formats).name == "dicom"
+    assert find_format(nifti_bare, formats).name == "nifti"
+    assert read_volume(nifti_bare).array.shape == read_volume(SAMPLES / "ct" / "train" / "head.nii.gz").array.shape
+    with pytest.raises(ToolboxError, match="unknown image type"):
+        find_format(Path(__file__), formats)

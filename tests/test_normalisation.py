@@ -11,7 +11,8 @@ import torch
 from conftest import SAMPLES
 from toolbox.cli import main
 from toolbox.data.normalize import fit_normalizer
-from toolbox.infer import denoise_with_model, load_trained_model
+from toolbox import denoise_with_model
+from toolbox import load_model as load_trained_model
 from toolbox.metrics import psnr_ssim
 
 
@@ -68,7 +69,7 @@ def test_zero_background_comes_back_at_zero(bounded_mr_model, fraction):
     """A real MR slab with a background of exactly 0 and zero-mean noise: the background of
     the denoised image is 0 within a small part of the noise, and the whole image is better
     than its noisy input (in the image's own units)."""
-    model = load_trained_model(bounded_mr_model, torch.device("cpu"))
+    model = load_trained_model(bounded_mr_model)
     clean, noisy, sigma = _noisy_mr(fraction)
     denoised = denoise_with_model(model, noisy, 2, torch.device("cpu"))
     from scipy.ndimage import binary_erosion

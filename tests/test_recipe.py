@@ -6,7 +6,8 @@ import pytest
 
 from conftest import ROOT, tiny_recipe, write_recipe
 from toolbox.errors import RecipeError
-from toolbox.recipe import load_recipe, parse_yaml
+from toolbox import load_recipe
+from toolbox.recipe import parse_yaml
 
 
 def test_scientific_notation_is_a_float():

@@ -69,8 +69,7 @@ def test_resume_can_extend_a_finished_run(small_ct, tmp_path):
     run = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(run)]) == 0
     with pytest.raises(ToolboxError, match="already trained 4 of 4 steps"):
-        from toolbox.recipe import load_recipe
-        from toolbox.train import run_training
+        from toolbox import load_recipe, run_training
 
         run_training(load_recipe(run / "recipe.yaml"), resume=run)
     assert main(["run", "--resume", str(run), "train.steps=6"]) == 0
@@ -119,3 +118,24 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ToolboxError, match="not a loadable toolbox checkpoint"):
         load_checkpoint(bad)
+
+
+def test_a_checkpoint_of_the_first_format_still_denoises_and_resumes(small_ct, tmp_path):
+    """Checkpoints written before format 2 carried the generator's weights and rank 0's random
+    state twice ("generator", "rng"); they still load, denoise and resume to the same end."""
+    recipe = _recipe(small_ct, tmp_path, steps=6)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "straight")]) == 0
+    assert main(["run", str(recipe), "train.steps=4", "--out", str(tmp_path / "old")]) == 0
+    for name in ("last", "best"):  # rewrite as format 1
+        path = tmp_path / "old" / "checkpoints" / f"{name}.pt"
+        payload = torch.load(path, weights_only=True)
+        module = payload.pop("generator_module")
+        payload.update(format=1, generator=payload["scheme"]["modules"][module], rng=payload["rng_ranks"][0])
+        torch.save(payload, path)
+    assert main(["denoise", str(tmp_path / "old"), str(small_ct / "val" / "spine.nii.gz"),
+                 "-o", str(tmp_path / "spine.nii.gz")]) == 0
+    assert main(["run", "--resume", str(tmp_path / "old"), "train.steps=6"]) == 0
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "old")
+    for net in straight:
+        for key in straight[net]:
+            torch.testing.assert_close(resumed[net][key], straight[net][key], rtol=0, atol=0)

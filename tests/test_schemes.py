@@ -7,8 +7,8 @@ import torch
 
 import toolbox
 from conftest import RecordingPlugin, tiny_recipe
-from toolbox.recipe import validate
-from toolbox.scheme import Parts
+from toolbox import Parts
+from toolbox import validate_recipe as validate
 
 
 def _scheme(small_ct, **scheme):
@@ -16,7 +16,7 @@ def _scheme(small_ct, **scheme):
     recipe["discriminator"] = {"type": "recording"}
     recipe["scheme"] = {"type": "paired_gan", **scheme}
     checked = validate(recipe, "test")
-    parts = Parts(checked.data, "test", torch.device("cpu"))
+    parts = Parts(checked.data, "test", torch.device("cpu"), toolbox.plugin_registry())
     return toolbox.build("schemes", checked["scheme"], parts=parts)
 
 
@@ -31,7 +31,7 @@ def test_paired_gan_shows_d_input_target_pairs_and_input_output_pairs(small_ct, 
     scheme = _scheme(small_ct)
     d = scheme.discriminator
     batch = _batch(0)
-    terms = scheme.train_step([batch], 1)
+    terms = {k: float(v) for k, v in scheme.train_step([batch], 1).items()}  # tensors until logged
     real, fake, for_g = d.seen
     assert real.shape[1] == 2  # conditional: (input, image) concatenated
     assert torch.equal(real[:, :1], batch["input"]) and torch.equal(real[:, 1:], batch["target"])
@@ -74,7 +74,7 @@ def test_supervised_scheme_lowers_its_loss(small_ct):
     checked = validate(recipe, "test")
     torch.manual_seed(0)
     scheme = toolbox.build("schemes", checked["scheme"],
-                           parts=Parts(checked.data, "test", torch.device("cpu")))
+                           parts=Parts(checked.data, "test", torch.device("cpu"), toolbox.plugin_registry()))
     batch = _batch(3)
     first = scheme.train_step([batch], 1)["l_g_pix"]
     for step in range(2, 40):
@@ -86,7 +86,7 @@ def test_amp_bf16_on_cpu_runs(small_ct, plugin_for_one_test):
     recipe = tiny_recipe(small_ct)
     recipe["train"]["amp"] = "bf16"
     checked = validate(recipe, "test")
-    parts = Parts(checked.data, "test", torch.device("cpu"), amp="bf16")
+    parts = Parts(checked.data, "test", torch.device("cpu"), toolbox.plugin_registry(), amp="bf16")
     scheme = toolbox.build("schemes", checked["scheme"], parts=parts)
     terms = scheme.train_step([_batch(0)], 1)
     assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
@@ -95,7 +95,7 @@ def test_amp_bf16_on_cpu_runs(small_ct, plugin_for_one_test):
 def test_fp16_skips_an_overflowing_step_and_lowers_the_loss_scale(small_ct, plugin_for_one_test):
     # fp16 autocast runs on CPU too; its GradScaler must see every backward of a scheme.
     checked = validate(tiny_recipe(small_ct), "test")
-    parts = Parts(checked.data, "test", torch.device("cpu"), amp="fp16")
+    parts = Parts(checked.data, "test", torch.device("cpu"), toolbox.plugin_registry(), amp="fp16")
     assert parts.amp_dtype is torch.float16 and parts.scaler.is_enabled()
     scheme = toolbox.build("schemes", checked["scheme"], parts=parts)
     terms = scheme.train_step([_batch(0)], 1)
@@ -125,7 +125,7 @@ def test_channels_last_gives_the_same_step(dims, small_ct, plugin_for_one_test):
     losses = {}
     for layout in (False, True):
         torch.manual_seed(0)
-        parts = Parts(checked.data, "test", torch.device("cpu"), channels_last=layout)
+        parts = Parts(checked.data, "test", torch.device("cpu"), toolbox.plugin_registry(), channels_last=layout)
         scheme = toolbox.build("schemes", checked["scheme"], parts=parts)
         moved = parts.to_device(batch)
         if layout:
@@ -133,7 +133,7 @@ def test_channels_last_gives_the_same_step(dims, small_ct, plugin_for_one_test):
             assert moved["input"].is_contiguous(memory_format=memory_format)
             weight = next(p for p in scheme.generator.parameters() if p.dim() == dims + 2)
             assert weight.is_contiguous(memory_format=memory_format)
-        losses[layout] = [scheme.train_step([moved], step)["l_g_pix"] for step in (1, 2)]
+        losses[layout] = [float(scheme.train_step([moved], step)["l_g_pix"]) for step in (1, 2)]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 

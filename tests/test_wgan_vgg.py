@@ -14,8 +14,8 @@ import toolbox
 from conftest import SAMPLES, tiny_recipe, write_recipe
 from toolbox.cli import main
 from toolbox.errors import ToolboxError
-from toolbox.recipe import validate
-from toolbox.scheme import Parts
+from toolbox import validate_recipe as validate
+from toolbox import Parts
 from toolbox_plugins.resunet import ResUNet
 from toolbox_plugins.vgg import VGGPerceptualLoss, layer_indices, load_vgg19_state, vgg19_features
 from toolbox_plugins.wgan import WGANCNN, WGANCritic, gradient_penalty
@@ -121,7 +121,7 @@ def test_critic_steps_per_generator_step(small_ct):
         recipe["losses"] = {"mse": {"type": "mse"}, "adv": {"type": "gan", "mode": "wgan", "weight": 0.1}}
         recipe["scheme"] = {"type": "wgan_gp", "n_critic": 3}
         checked = validate(recipe, "test")
-        scheme = toolbox.build("schemes", checked["scheme"], parts=Parts(checked.data, "test", torch.device("cpu")))
+        scheme = toolbox.build("schemes", checked["scheme"], parts=Parts(checked.data, "test", torch.device("cpu"), toolbox.plugin_registry()))
         assert scheme.batches_per_step == 3
         batches = [{"input": torch.rand(2, 1, 32, 32), "target": torch.rand(2, 1, 32, 32)} for _ in range(3)]
         terms = scheme.train_step(batches, 1)
@@ -287,7 +287,7 @@ def test_2_5d_data_pipeline_and_slice_by_slice_denoise(tmp_path, capsys):
     recipe["generator"] = {"type": "resunet", "base_filters": 4, "levels": 2, "stages": 2}
     recipe["discriminator"] = {"type": "wgan_critic", "channels": [4, 4], "strides": [1, 2], "input_size": 16, "fc": 8}
     recipe["scheme"] = {"type": "paired_gan", "conditional": False}
-    from toolbox.data.datasets import build_data
+    from toolbox import build_data
 
     bundle = build_data(validate(recipe, "test").data)
     sample = bundle.train[5]

@@ -1,39 +1,72 @@
 """toolbox: adversarial denoising of medical and scientific images, built from plugins.
 
-The public API for plugin authors and scripts:
+``toolbox`` is the only door: plugins, scripts and the built-in plugins and benchmarks use
+the names below and the public modules ``toolbox.nn`` (network helpers), ``toolbox.io``
+(reading and writing images) and ``toolbox.testing`` (contract checks for plugin authors);
+every other module is private and may change.
 
+Plugins:
 - ``hookimpl``: the marker for plugin hook implementations (see ``toolbox.hookspecs``).
-- ``components(kind)``: the registered names of one kind ("generators", "losses", ...).
-- ``build(kind, spec, **injected)``: build a part from ``{"type": NAME, ...options}``.
-- ``ToolboxError``: the error type for user mistakes; the CLI prints it as one line.
-- ``RecipeError``: a ``ToolboxError`` that names the recipe file and key path.
-- ``atomic_write(path, write)``: write a file under a temporary name, renamed when complete.
-- ``Scheme``: the base class of training schemes (``toolbox.scheme``).
-- ``unwrap(net)``: the network inside a DistributedDataParallel wrapper (under ``torchrun``
-  the networks a scheme gets from ``Parts`` are wrapped).
+- ``components(kind)``, ``build(kind, spec, **injected)``, ``plugin_registry()``: the parts the
+  installed plugins registered.
+- ``Scheme`` / ``GANScheme``: the bases of training schemes; ``Parts`` what a scheme
+  builds from the recipe; ``WeightedLoss`` a recipe loss with its weight.
+- ``ToolboxError`` (a user mistake; the CLI prints it as one line), ``RecipeError`` (one
+  that names the recipe file and key), ``atomic_write(path, write)``, ``unwrap(net)`` (the
+  network inside a DistributedDataParallel wrapper).
+
+Scripts (each uses the installed plugins):
+- ``load_recipe``, ``validate_recipe``, ``build_data``, ``build_scheme``, ``build_generator``,
+  ``seed_everything``, ``make_loader``, ``run_training``;
+- ``read_volume``, ``write_volume`` (with the registered formats; ``toolbox.io`` has the rest);
+- ``load_model``, ``denoise_with_model``, ``TrainedModel``, ``evaluate``, ``build_cases``,
+  ``run_baseline``, ``classical_baseline`` (BM3D / BM4D when installed), ``psnr_ssim``.
 
 Heavy modules (torch, MONAI) are imported lazily so that ``toolbox --help`` starts fast.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import pluggy
 
 from toolbox.errors import RecipeError, ToolboxError
-
-__version__ = "0.1.0"
-
-PROJECT = "toolbox"
-ENTRY_POINT_GROUP = "denoise_toolbox"
+from toolbox.meta import ENTRY_POINT_GROUP, PROJECT, __version__
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: Modules a plugin or script may import, besides ``toolbox`` itself.
+PUBLIC_MODULES = ("toolbox.nn", "toolbox.io", "toolbox.testing", "toolbox.hookspecs")
+
+# name -> (private module, attribute): re-exported on first use.
+_LAZY = {
+    "Scheme": ("toolbox.scheme", "Scheme"),
+    "GANScheme": ("toolbox.gan", "GANScheme"),
+    "Parts": ("toolbox.parts", "Parts"),
+    "WeightedLoss": ("toolbox.parts", "WeightedLoss"),
+    "atomic_write": ("toolbox.checkpoint", "atomic_write"),
+    "unwrap": ("toolbox.distributed", "unwrap"),
+    "seed_everything": ("toolbox.rng", "seed_everything"),
+    "make_loader": ("toolbox.data.sampling", "make_loader"),
+    "TrainedModel": ("toolbox.infer", "TrainedModel"),
+    "denoise_with_model": ("toolbox.infer", "denoise_with_model"),
+    "run_baseline": ("toolbox.evaluation", "run_baseline"),
+    "classical_baseline": ("toolbox.baselines", "bm3d_or_bm4d"),
+    "psnr_ssim": ("toolbox.metrics", "psnr_ssim"),
+}
+
+
+def plugin_registry():
+    """The process-wide registry: every part the built-in and installed plugins registered."""
+    from toolbox.plugins import get_registry
+
+    return get_registry()
 
 
 def components(kind: str) -> dict:
     """Registered components of ``kind``: name -> ``Component`` (factory, plugin, aliases)."""
-    from toolbox.plugins import get_registry
-
-    return get_registry().components(kind)
+    return plugin_registry().components(kind)
 
 
 def build(kind: str, spec, **injected):
@@ -42,26 +75,103 @@ def build(kind: str, spec, **injected):
     ``injected`` holds what the core knows (``spatial_dims``, ``in_channels`` ...); it is
     passed only where the factory accepts it.
     """
-    from toolbox.plugins import get_registry
+    return plugin_registry().build(kind, spec, **injected)
 
-    return get_registry().build(kind, spec, **injected)
+
+def load_recipe(path, overrides=(), profile: str | None = None):
+    """Read a recipe, apply a profile and ``KEY.PATH=VALUE`` overrides, check every part."""
+    from toolbox.recipe import load_recipe as load
+
+    return load(path, overrides, registry=plugin_registry(), profile=profile)
+
+
+def validate_recipe(raw: dict, source: str = "recipe", base=None):
+    """Check a recipe given as a mapping (as ``load_recipe`` checks a file)."""
+    from toolbox.recipe import validate
+
+    return validate(raw, source, base=base, registry=plugin_registry())
+
+
+def build_data(config: dict, source: str = "recipe"):
+    """The training patches and held-out images of a checked recipe's ``data``."""
+    from toolbox.data.datasets import build_data as build
+
+    return build(config, plugin_registry(), source)
+
+
+def build_scheme(recipe, device="cpu", **options):
+    """``(parts, scheme)`` for a checked recipe, every network checked on a patch."""
+    import torch
+
+    from toolbox.train import build_scheme as build
+
+    return build(recipe, plugin_registry(), torch.device(device), **options)
+
+
+def build_generator(recipe: dict, source: str = "recipe"):
+    """The recipe's generator (untrained, on the CPU) with the inputs the core injects."""
+    from toolbox.parts import build_generator as build
+
+    return build(plugin_registry(), recipe, source)
+
+
+def run_training(recipe, out=None, resume=None, console=None):
+    """Train a checked recipe; returns ``(run folder, report)`` as ``toolbox run`` does."""
+    from toolbox.train import run_training as run
+
+    return run(recipe, plugin_registry(), out, console=console, resume=resume)
+
+
+def load_model(path, device="cpu"):
+    """A trained model from a run folder (its best checkpoint) or a checkpoint file."""
+    import torch
+
+    from toolbox.infer import load_trained_model
+
+    return load_trained_model(path, torch.device(device), plugin_registry())
+
+
+def evaluate(model_path, clean_paths, **options):
+    """``toolbox evaluate`` as a function (options as its keyword arguments)."""
+    from toolbox.evaluation import evaluate as run
+
+    return run(model_path, clean_paths, plugin_registry(), **options)
+
+
+def build_cases(model, clean_paths, **options):
+    """Clean / noisy pairs in the images' own units, as ``evaluate`` scores them."""
+    from toolbox.evaluation import build_cases as build
+
+    return build(model, clean_paths, plugin_registry(), **options)
+
+
+def read_volume(path, series: str | None = None, channels: int | None = None):
+    """Read an image file or DICOM series folder with the registered formats."""
+    from toolbox.io import formats_of
+    from toolbox.io import read_volume as read
+
+    return read(path, formats_of(plugin_registry()), series=series, channels=channels)
+
+
+def write_volume(volume, units, output, description: str = "denoised", overwrite: bool = False):
+    """Write ``units`` like ``volume`` (same format, geometry and headers) to ``output``."""
+    from toolbox.io import formats_of
+    from toolbox.io import write_volume as write
+
+    return write(volume, units, output, description, formats_of(plugin_registry()), overwrite)
 
 
 def __getattr__(name: str):
-    if name == "Scheme":
-        from toolbox.scheme import Scheme
-
-        return Scheme
-    if name == "atomic_write":
-        from toolbox.checkpoint import atomic_write
-
-        return atomic_write
-    if name == "unwrap":
-        from toolbox.distributed import unwrap
-
-        return unwrap
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'toolbox' has no attribute {name!r}")
 
 
-__all__ = ["hookimpl", "components", "build", "ToolboxError", "RecipeError", "Scheme", "unwrap",
-           "atomic_write", "__version__"]
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["hookimpl", "components", "build", "plugin_registry", "ToolboxError", "RecipeError", "load_recipe",
+           "validate_recipe", "build_data", "build_scheme", "build_generator", "run_training", "load_model",
+           "evaluate", "build_cases", "read_volume", "write_volume", "PUBLIC_MODULES", "__version__", *_LAZY]

@@ -46,3 +46,27 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(payload, dict) or "recipe" not in payload:
         raise ToolboxError(f"{path}: not a toolbox checkpoint (no recipe inside)")
     return payload
+
+
+# Format 2 keeps each thing once: the generator's weights live in the scheme's state under
+# ``generator_module``, and the random states once per rank.  Format 1 (before 0.2) also had
+# top-level "generator" and "rng" copies; both formats load.
+FORMAT = 2
+
+
+def generator_weights(payload: dict) -> dict:
+    """The generator's state dict from a checkpoint of either format."""
+    if "generator" in payload:  # format 1
+        return payload["generator"]
+    try:
+        return payload["scheme"]["modules"][payload["generator_module"]]
+    except (KeyError, TypeError) as error:
+        raise ToolboxError(f"checkpoint without generator weights (missing {error})") from error
+
+
+def rank_rng(payload: dict, rank: int, world_size: int) -> dict:
+    """The random state rank ``rank`` resumes with (rank 0's when the world size changed)."""
+    per_rank = payload.get("rng_ranks") or []
+    if len(per_rank) == world_size:
+        return per_rank[rank]
+    return payload["rng"] if "rng" in payload else per_rank[0]

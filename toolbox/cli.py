@@ -13,11 +13,21 @@ import sys
 
 from toolbox.errors import ToolboxError
 
-KIND_NAMES = ("generators", "discriminators", "losses", "optimizers", "noise_models", "readers", "schemes")
+from toolbox.registry import KINDS  # noqa: E402 - light: no torch, no plugins
+
+KIND_NAMES = tuple(KINDS)
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _registry():
+    """The process-wide registry (built-in and installed plugins): the CLI builds it once and
+    hands it to what needs it."""
+    from toolbox.plugins import get_registry
+
+    return get_registry()
 
 
 def _warn_failed_plugins() -> None:
@@ -42,15 +52,15 @@ def cmd_run(args) -> int:
             args.overrides = [args.recipe, *args.overrides]
         if not (resume / "recipe.yaml").is_file():
             raise ToolboxError(f"{resume}: not a run folder (no recipe.yaml)")
-        recipe = load_recipe(resume / "recipe.yaml", args.overrides)
+        recipe = load_recipe(resume / "recipe.yaml", args.overrides, registry=_registry())
     else:
         if args.recipe is None:
             raise ToolboxError("give a recipe, or --resume RUN_DIR")
-        recipe = load_recipe(args.recipe, args.overrides, profile=args.profile)
+        recipe = load_recipe(args.recipe, args.overrides, registry=_registry(), profile=args.profile)
     if args.nproc > 1:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     try:
-        run_dir, report = run_training(recipe, args.out, resume=Path(args.resume) if args.resume else None)
+        run_dir, report = run_training(recipe, _registry(), args.out, resume=Path(args.resume) if args.resume else None)
     finally:
         shutdown()
     if report is not None:  # rank 0 (or the only process)
@@ -93,7 +103,7 @@ def cmd_denoise(args) -> int:
     from toolbox.distributed import shutdown
 
     try:
-        denoise_inputs(Path(args.model), [Path(p) for p in args.inputs], Path(args.output),
+        denoise_inputs(Path(args.model), [Path(p) for p in args.inputs], Path(args.output), _registry(),
                        overwrite=args.overwrite, series=args.series, device_name=args.device,
                        overlap=args.overlap)
     finally:
@@ -104,22 +114,22 @@ def cmd_denoise(args) -> int:
 def cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from toolbox.evaluate import evaluate
+    from toolbox.evaluation import evaluate
     from toolbox.recipe import parse_yaml
 
     _warn_failed_plugins()
     noise = parse_yaml(args.noise, "--noise") if args.noise else None
     if noise is not None and not isinstance(noise, dict):
         raise ToolboxError("--noise must be a YAML mapping like '{type: gaussian, sigma: 0.1}'")
-    evaluate(Path(args.model), args.data, noisy_paths=args.noisy, noise_spec=noise,
+    evaluate(Path(args.model), args.data, _registry(), noisy_paths=args.noisy, noise_spec=noise,
              out_dir=args.output, device_name=args.device, seed=args.seed)
     return 0
 
 
 def cmd_list(args) -> int:
-    from toolbox.plugins import get_registry
+    from toolbox.registry import INJECTED
 
-    registry = get_registry()
+    registry = _registry()
     kinds = [args.kind] if args.kind else list(KIND_NAMES)
     for kind in kinds:
         if kind not in KIND_NAMES:
@@ -134,7 +144,7 @@ def cmd_list(args) -> int:
             kind: {
                 name: {"plugin": c.plugin, "aliases": list(c.aliases), "summary": c.summary,
                        "options": {k: (None if v is ... else repr(v)) for k, v in c.options().items()
-                                   if k not in ("spatial_dims", "in_channels", "out_channels", "params", "parts")}}
+                                   if k not in INJECTED.get(kind, ())}}
                 for name, c in table.items()
             } for kind, table in listing.items()
         }, indent=2))
@@ -183,19 +193,15 @@ def cmd_recipe_check(args) -> int:
     import torch
 
     from toolbox.recipe import load_recipe
-    from toolbox.scheme import Parts
+    from toolbox.train import build_scheme
 
     _warn_failed_plugins()
-    from toolbox.plugins import get_registry
-
+    registry = _registry()
     for path in args.recipes:
-        recipe = load_recipe(path, args.overrides, profile=args.profile)
+        recipe = load_recipe(path, args.overrides, registry=registry, profile=args.profile)
         # Build every part on the CPU (no data is read, nothing is trained).
-        parts = Parts(recipe.data, recipe.source, torch.device("cpu"))
-        scheme = get_registry().build("schemes", recipe["scheme"], recipe.source, "scheme", parts=parts)
-        parts.check_networks()
+        _, scheme = build_scheme(recipe, registry, torch.device("cpu"))
         data = recipe["data"]
-        registry = get_registry()
         if data.get("noise"):
             registry.build("noise_models", data["noise"], recipe.source, "data.noise")
         if data.get("reader"):
@@ -206,15 +212,17 @@ def cmd_recipe_check(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from toolbox import __version__
+def cmd_plugin_new(args) -> int:
+    from pathlib import Path
 
-    parser = argparse.ArgumentParser(
-        prog="toolbox", description="Adversarial denoising of medical and scientific images."
-    )
-    parser.add_argument("--version", action="version", version=f"toolbox {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from toolbox.scaffold import new_plugin
 
+    root = new_plugin(args.name, Path(args.directory))
+    print(f"wrote {root}: pip install -e {root} && python -m pytest {root}")
+    return 0
+
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="train (and evaluate) what a recipe describes")
     run.add_argument("recipe", nargs="?", help="a YAML recipe, e.g. recipes/adl3d.yaml")
     run.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
@@ -227,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train with N processes (DDP; same as torchrun --nproc_per_node N -m toolbox run ...)")
     run.set_defaults(func=cmd_run)
 
+
+def _add_denoise(sub) -> None:
     denoise = sub.add_parser("denoise", help="denoise NIfTI / DICOM series / TIFF / PNG with a trained model")
     denoise.add_argument("model", help="a run folder (uses its best checkpoint) or a checkpoint file")
     denoise.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -242,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "--nproc_per_node N -m toolbox denoise ...)")
     denoise.set_defaults(func=cmd_denoise)
 
+
+def _add_evaluate(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="PSNR/SSIM of a model vs classical baselines, with figures")
     evaluate.add_argument("model", help="a run folder or a checkpoint file")
     evaluate.add_argument("data", nargs="+", help="clean images: files, DICOM series folders, folders")
@@ -253,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=12345, help="seed of the synthetic noise")
     evaluate.set_defaults(func=cmd_evaluate)
 
+
+def _add_tools(sub) -> None:
     lister = sub.add_parser("list", help="registered components of one kind or all kinds")
     lister.add_argument("kind", nargs="?", help=", ".join(KIND_NAMES))
     lister.add_argument("--json", action="store_true")
@@ -261,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="installed plugins, their hooks and versions")
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
+
+    plugin = sub.add_parser("plugin", help="plugin author tools")
+    plugin_sub = plugin.add_subparsers(dest="plugin_command", metavar="SUBCOMMAND")
+    new = plugin_sub.add_parser("new", help="write an installable plugin package that passes its own tests")
+    new.add_argument("name", help="plugin name (lower case, digits, _): parts are NAME_cnn, NAME_tv")
+    new.add_argument("--directory", default=".", help="where to create the package folder")
+    new.set_defaults(func=cmd_plugin_new)
+    plugin.set_defaults(func=lambda args: (plugin.print_help(), 2)[1])
 
     recipe = sub.add_parser("recipe", help="recipe tools")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", metavar="SUBCOMMAND")
@@ -271,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--profile", help="check with the recipe's profiles.NAME applied")
     check.set_defaults(func=cmd_recipe_check)
     recipe.set_defaults(func=lambda args: (recipe.print_help(), 2)[1])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from toolbox.meta import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="toolbox", description="Adversarial denoising of medical and scientific images."
+    )
+    parser.add_argument("--version", action="version", version=f"toolbox {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_run, _add_denoise, _add_evaluate, _add_tools):
+        add(sub)
     return parser, sub
 
 
@@ -287,7 +321,7 @@ def main(argv=None) -> int:
         parser, sub = build_parser()
         # Plugin commands are added only when the command is not a built-in one, so that
         # `toolbox --help` and the built-ins stay fast and survive a broken plugin.
-        builtin = {"run", "denoise", "evaluate", "list", "plugins", "recipe"}
+        builtin = {"run", "denoise", "evaluate", "list", "plugins", "plugin", "recipe"}
         first = next((a for a in argv if not a.startswith("-")), None)
         if first is not None and first not in builtin:
             _add_plugin_commands(sub)

@@ -8,19 +8,19 @@ from toolbox.distributed import barrier, init_distributed, rank_slice
 from toolbox.errors import ToolboxError
 
 
-def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite: bool = False,
+def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry, overwrite: bool = False,
                    series: str | None = None, device_name: str = "auto",
                    overlap: float | None = None, console=None) -> list[Path]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from toolbox.data.volumes import expand_inputs, read_volume
+    from toolbox.data.volumes import check_output, expand_inputs, formats_of, read_volume, write_volume
     from toolbox.infer import check_input, denoise_volume, load_trained_model
-    from toolbox.io import check_output, write_volume
-    from toolbox.train import make_console
+    from toolbox.console import make_console
 
     console = console or make_console()
     ranks, device = init_distributed(device_name)
-    items = expand_inputs(inputs)
+    formats = formats_of(registry)
+    items = expand_inputs(inputs, formats)
     batch = len(items) > 1 or (len(inputs) == 1 and Path(inputs[0]).is_dir() and items != [Path(inputs[0])])
     if batch and output.exists() and not output.is_dir():
         raise ToolboxError(f"{output}: several inputs need an output folder, and this is a file")
@@ -34,7 +34,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
     # before any rank writes; now each takes every world_size-th input.
     barrier()
     mine = rank_slice(list(zip(items, targets)), ranks)
-    model = load_trained_model(model_path, device)
+    model = load_trained_model(model_path, device, registry)
     overlap = float(model.recipe["train"].get("val_overlap", 0.25)) if overlap is None else overlap
     description = f"denoised {model.name}"
     written = []
@@ -45,7 +45,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
                         console=console)
     try:
         for item, target in mine:
-            volume = read_volume(item, series=series, channels=model.channels)
+            volume = read_volume(item, formats, series=series, channels=model.channels)
             try:
                 check_input(model, volume.array.shape)
             except ToolboxError as error:
@@ -57,7 +57,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, overwrite
                 progress.update(task, completed=done, total=total)
 
             units = denoise_volume(model, volume, device, overlap, report)
-            written.append(write_volume(volume, units, target, description, overwrite))
+            written.append(write_volume(volume, units, target, description, formats, overwrite))
     finally:
         progress.stop()
     for path in written:

@@ -87,17 +87,35 @@ def register_noise_models(register):
 
 @hookspec
 def register_readers(register):
-    """Register image readers: ``factory(**options) -> monai.data.ImageReader``."""
+    """Register MONAI image readers for training data named in a recipe
+    (``data.reader: {type: NAME}``): ``factory(**options) -> monai.data.ImageReader``.
+    Without ``data.reader``, every image is read through the registered formats."""
+
+
+@hookspec
+def register_formats(register):
+    """Register image file formats: what ``toolbox denoise``, ``evaluate`` and training read
+    and write.
+
+    ``factory() -> toolbox.io.ImageFormat`` with ``suffixes`` (the name endings it claims),
+    ``sniff(path) -> bool`` (the content is this format: picks among formats claiming the
+    same suffix, and finds files with a wrong or no suffix), ``read(path, series=None,
+    channels=None) -> toolbox.io.Volume`` (the image in its physical units, ``(C,
+    *spatial)``, with what writing it back needs in ``meta``) and ``write(volume, units,
+    output, description, overwrite)`` (atomically, e.g. with ``toolbox.io.write_file``).
+    A format that reads folders as one image (a DICOM series) sets ``folders = True``.
+    """
 
 
 @hookspec
 def register_schemes(register):
     """Register training schemes (how one generator step is made).
 
-    ``factory(parts, **options) -> toolbox.Scheme``.  ``parts`` (``toolbox.scheme.Parts``)
-    builds the recipe's generator, discriminator, losses and optimizers on request and
-    holds the device and mixed-precision settings.  The training loop calls
-    ``scheme.train_step(batch, step)`` and knows nothing else about the method.
+    ``factory(parts, **options) -> toolbox.Scheme`` (adversarial schemes subclass
+    ``toolbox.GANScheme``).  ``parts`` (``toolbox.Parts``) builds the recipe's generator,
+    discriminator, losses and optimizers on request and holds the device and
+    mixed-precision settings.  The training loop calls ``scheme.train_step(batches, step)``
+    (detached scalar tensors back) and knows nothing else about the method.
     """
 
 

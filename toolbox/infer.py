@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from toolbox.nn import first_output
 
 class FirstOutput(torch.nn.Module):
     """Wrap a network so that a tuple/list output becomes its first item."""
@@ -17,8 +18,7 @@ class FirstOutput(torch.nn.Module):
         self.network = network
 
     def forward(self, x):
-        out = self.network(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return first_output(self.network(x))
 
 
 @torch.no_grad()
@@ -111,21 +111,17 @@ def find_checkpoint(model: Path) -> Path:
     return model
 
 
-def load_trained_model(model: Path, device: torch.device) -> TrainedModel:
-    from toolbox.checkpoint import load_checkpoint
-    from toolbox.plugins import get_registry
+def load_trained_model(model: Path, device: torch.device, registry) -> TrainedModel:
+    """A run folder's (or checkpoint file's) generator with its recipe, ready to denoise."""
+    from toolbox.checkpoint import generator_weights, load_checkpoint
+    from toolbox.parts import build_generator
 
     path = find_checkpoint(model)
     payload = load_checkpoint(path)
     recipe = payload["recipe"]
-    data = recipe["data"]
-    generator = get_registry().build(
-        "generators", recipe["generator"], str(path), "generator",
-        spatial_dims=data["spatial_dims"], in_channels=data["channels"] * data.get("context_slices", 1),
-        out_channels=data["channels"],
-    )
+    generator = build_generator(registry, recipe, str(path))
     try:
-        generator.load_state_dict(payload["generator"])
+        generator.load_state_dict(generator_weights(payload))
     except RuntimeError as error:
         raise ToolboxError(f"{path}: the weights do not fit the recipe's generator ({str(error)[:200]})") from error
     generator.to(device).eval()

@@ -5,6 +5,48 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+NORMS = ("batch", "instance", "none")
+
+
+def check_norm(kind: str) -> str:
+    """``kind`` if it names a normalisation ``norm_layer`` builds, else a ``ValueError``."""
+    if kind not in NORMS:
+        raise ValueError(f"norm must be {', '.join(NORMS[:-1])} or {NORMS[-1]}, got {kind!r}")
+    return kind
+
+
+def norm_layer(kind: str, spatial_dims: int, channels: int, affine: bool = True) -> torch.nn.Module:
+    """BatchNorm, InstanceNorm (``affine`` scale and shift) or nothing, in 2D or 3D."""
+    from monai.networks.layers import Norm
+
+    check_norm(kind)
+    if kind == "batch":
+        return Norm[Norm.BATCH, spatial_dims](channels)
+    if kind == "instance":
+        return Norm[Norm.INSTANCE, spatial_dims](channels, affine=affine)
+    return torch.nn.Identity()
+
+
+def first_output(output) -> torch.Tensor:
+    """The full-size image of a generator's output: the tensor, or a tuple's first item
+    (networks with deep supervision return the image at several scales)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def all_outputs(output) -> list[torch.Tensor]:
+    """A generator's or discriminator's outputs as a list (one item for a plain tensor)."""
+    return list(output) if isinstance(output, (tuple, list)) else [output]
+
+
+def pad_spatial(x: torch.Tensor, pads: list[int], mode: str = "reflect") -> torch.Tensor:
+    """``F.pad`` (last axis first) that falls back from reflection to edge replication on
+    axes too short to reflect (reflection needs the pad smaller than the axis)."""
+    if mode == "reflect":
+        spatial = x.shape[2:][::-1]
+        if any(pads[2 * i] >= s or pads[2 * i + 1] >= s for i, s in enumerate(spatial[: len(pads) // 2])):
+            mode = "replicate"
+    return F.pad(x, pads, mode=mode)
+
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect"):
     """Pad the spatial axes of ``x`` (N, C, *spatial) up to a multiple of ``multiple``.
@@ -20,9 +62,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect"):
     pads = []
     for n in reversed(needed):  # F.pad takes the last axis first
         pads.extend([0, n])
-    if mode == "reflect" and any(n >= s for n, s in zip(needed, spatial)):
-        mode = "replicate"
-    return F.pad(x, pads, mode=mode), crop
+    return pad_spatial(x, pads, mode), crop
 
 
 def init_normal_(module: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:

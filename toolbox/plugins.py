@@ -9,7 +9,8 @@ from functools import lru_cache
 
 import pluggy
 
-from toolbox import ENTRY_POINT_GROUP, PROJECT, __version__, hookspecs
+import toolbox.hookspecs as hookspecs
+from toolbox.meta import ENTRY_POINT_GROUP, PROJECT, __version__
 from toolbox.errors import ToolboxError
 from toolbox.registry import KINDS, Registry, did_you_mean
 
@@ -24,6 +25,7 @@ BUILTIN_PLUGINS = (
     "toolbox_plugins.optimizers",
     "toolbox_plugins.noise",
     "toolbox_plugins.readers",
+    "toolbox_plugins.formats",
     "toolbox_plugins.schemes",
 )
 
@@ -125,6 +127,8 @@ def load_plugins(extra: tuple = (), entry_points: bool = True) -> PluginState:
         name = getattr(plugin, "__name__", type(plugin).__name__)
         _add_plugin(state, plugin, name, PluginInfo(name, "", "in-process"))
     _fill_registry(state)
+    state.registry.plugin_versions = {name: info.version for name, info in state.infos.items()
+                                      if info.error is None}
     return state
 
 
@@ -157,4 +161,4 @@ def unregister_plugin(plugin) -> None:
 
 def plugin_versions() -> dict[str, str]:
     """name -> version of every loaded plugin (written into each run folder)."""
-    return {name: info.version for name, info in get_state().infos.items() if info.error is None}
+    return dict(get_registry().plugin_versions)

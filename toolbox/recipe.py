@@ -281,7 +281,9 @@ def apply_profile(raw: dict, profile: str, source: str) -> None:
                        f"{source}, profile '{profile}'")
 
 
-def load_recipe(path, overrides=(), check_parts: bool = True, profile: str | None = None) -> Recipe:
+def load_recipe(path, overrides=(), registry=None, profile: str | None = None) -> Recipe:
+    """Read, override and check a recipe; with a ``registry``, every part's type and options
+    are checked against it too (nothing is built)."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -299,12 +301,12 @@ def load_recipe(path, overrides=(), check_parts: bool = True, profile: str | Non
         apply_profile(raw, profile, source)
     for assignment in overrides:
         apply_override(raw, assignment, source)
-    recipe = validate(raw, source, base=path.resolve().parent, check_parts=check_parts)
+    recipe = validate(raw, source, base=path.resolve().parent, registry=registry)
     recipe.profile = profile
     return recipe
 
 
-def validate(raw: dict, source: str, base: Path | None = None, check_parts: bool = True) -> Recipe:
+def validate(raw: dict, source: str, base: Path | None = None, registry=None) -> Recipe:
     data = _validate(raw, SCHEMA, source, "")
     base = base or Path.cwd()
     section = data["data"]
@@ -313,8 +315,8 @@ def validate(raw: dict, source: str, base: Path | None = None, check_parts: bool
     if section.get("paired"):
         section["paired"] = {k: _resolve_paths(v, base) for k, v in section["paired"].items()}
     _check_data(section, source)
-    if check_parts:
-        check_parts_against_registry(data, source)
+    if registry is not None:
+        check_parts_against_registry(data, source, registry)
     return Recipe(data, source)
 
 
@@ -352,24 +354,22 @@ def _check_data(section: dict, source: str) -> None:
                                   f"data.normalize.{key}")
 
 
-def check_parts_against_registry(data: dict, source: str) -> None:
+def check_parts_against_registry(data: dict, source: str, registry) -> None:
     """Every part's type exists and its options fit the factory (nothing is built)."""
-    from toolbox.plugins import get_registry
+    from toolbox.registry import INJECTED
 
-    registry = get_registry()
-    net = ("spatial_dims", "in_channels", "out_channels")
-    registry.check("generators", data["generator"], source, "generator", injected=net)
+    registry.check("generators", data["generator"], source, "generator", injected=INJECTED["generators"])
     if data.get("discriminator"):
         registry.check("discriminators", data["discriminator"], source, "discriminator",
-                       injected=("spatial_dims", "in_channels"))
+                       injected=INJECTED["discriminators"])
     for name, spec in data["losses"].items():
         registry.check("losses", spec, source, f"losses.{name}")
         weight = spec.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise RecipeError(f"expected a number, got {weight!r}", source, f"losses.{name}.weight")
     for name, spec in data["optimizers"].items():
-        registry.check("optimizers", spec, source, f"optimizers.{name}", injected=("params",))
-    registry.check("schemes", data["scheme"], source, "scheme", injected=("parts",))
+        registry.check("optimizers", spec, source, f"optimizers.{name}", injected=INJECTED["optimizers"])
+    registry.check("schemes", data["scheme"], source, "scheme", injected=INJECTED["schemes"])
     if data["data"].get("noise") is not None:
         registry.check("noise_models", data["data"]["noise"], source, "data.noise")
     if data["data"].get("reader") is not None:

@@ -21,7 +21,16 @@ KINDS: dict[str, tuple[str, str]] = {
     "optimizers": ("register_optimizers", "optimizer"),
     "noise_models": ("register_noise_models", "noise model"),
     "readers": ("register_readers", "reader"),
+    "formats": ("register_formats", "image format"),
     "schemes": ("register_schemes", "scheme"),
+}
+
+# What the core passes to a factory of each kind (never a recipe option).
+INJECTED: dict[str, tuple[str, ...]] = {
+    "generators": ("spatial_dims", "in_channels", "out_channels"),
+    "discriminators": ("spatial_dims", "in_channels"),
+    "optimizers": ("params",),
+    "schemes": ("parts",),
 }
 
 # Recipe keys that belong to the core, never to a factory.
@@ -84,6 +93,8 @@ class Registry:
         self._aliases: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
         # Plugins that failed to load: name -> reason; quoted when a lookup fails.
         self.failed_plugins: dict[str, str] = {}
+        # Loaded plugin -> version (written into every run folder).
+        self.plugin_versions: dict[str, str] = {}
 
     # -- filling -----------------------------------------------------------------------
     def registrar(self, kind: str, plugin: str) -> Callable[..., None]:
@@ -118,9 +129,12 @@ class Registry:
         return None
 
     # -- lookup ------------------------------------------------------------------------
-    def components(self, kind: str) -> dict[str, Component]:
+    def components(self, kind: str, ordered: bool = False) -> dict[str, Component]:
+        """Name -> component, sorted by name (``ordered``: in registration order, built-in
+        plugins first)."""
         kind_noun(kind)
-        return dict(sorted(self._tables[kind].items()))
+        table = self._tables[kind]
+        return dict(table) if ordered else dict(sorted(table.items()))
 
     def get(self, kind: str, name: str, source: str | None = None, path: str | None = None) -> Component:
         noun = kind_noun(kind)

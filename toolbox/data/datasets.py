@@ -12,7 +12,7 @@ instead.  A 2D recipe may train on 3D volumes: they contribute their slices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 
 from toolbox.data.normalize import Normalizer, data_range, describe_range, fit_normalizer
 from toolbox.data.readers import read_image
-from toolbox.data.volumes import Volume, expand_inputs, read_volume, squeeze_spatial
+from toolbox.data.volumes import Volume, expand_inputs, formats_of, read_volume, squeeze_spatial
 from toolbox.errors import ToolboxError
 
 
@@ -129,6 +129,7 @@ class DataBundle:
     spatial_dims: int
     channels: int
     data_range_note: str
+    formats: list = field(default_factory=list)  # the registered formats (to write images back)
 
 
 @dataclass
@@ -139,12 +140,12 @@ class Loaded:
     volume: Volume | None
 
 
-def _load(path: Path, data: dict, reader) -> Loaded:
+def _load(path: Path, data: dict, reader, formats) -> Loaded:
     dims, channels = data["spatial_dims"], data["channels"]
     if reader is not None:  # an explicitly named MONAI reader
         image = read_image(path, dims, channels, reader)
         return Loaded(image.array, None, path, None)
-    volume = read_volume(path, channels=channels)
+    volume = read_volume(path, formats, channels=channels)
     if volume.array.shape[0] != channels:
         raise ToolboxError(f"{path}: has {volume.array.shape[0]} channels, the recipe expects "
                            f"{channels} (data.channels)")
@@ -170,27 +171,28 @@ def _training_images(loaded: Loaded, dims: int, context: int = 1) -> list[np.nda
     return [np.take(loaded.array, i, axis=axis) for i in range(loaded.array.shape[axis])]
 
 
-def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
-    from toolbox.plugins import get_registry
-
-    registry = get_registry()
+def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
+    """The training patches and held-out images a recipe describes (readers and noise
+    models built from ``registry``)."""
     data = recipe["data"]
     dims = data["spatial_dims"]
     context = data.get("context_slices", 1)
     reader = registry.build("readers", data["reader"], source, "data.reader") if data.get("reader") else None
     noise = registry.build("noise_models", data["noise"], source, "data.noise") if data.get("noise") else None
+    formats = formats_of(registry)
     seed = int(recipe["seed"])
     norm_spec = data["normalize"]
 
     paired = data.get("paired") or {}
     if paired:
-        noisy_train, clean_train = _read_paired(paired, "train", data, reader)
+        noisy_train, clean_train = _read_paired(paired, "train", data, reader, formats)
         noisy_val, clean_val = (
-            _read_paired(paired, "val", data, reader) if paired.get("val_noisy") else ([], [])
+            _read_paired(paired, "val", data, reader, formats) if paired.get("val_noisy") else ([], [])
         )
     else:
-        clean_train = [_load(p, data, reader) for p in expand_inputs(data["train"])]
-        clean_val = [_load(p, data, reader) for p in expand_inputs(data["val"])] if data.get("val") else []
+        clean_train = [_load(p, data, reader, formats) for p in expand_inputs(data["train"], formats)]
+        clean_val = ([_load(p, data, reader, formats) for p in expand_inputs(data["val"], formats)]
+                     if data.get("val") else [])
         noisy_train, noisy_val = None, None
 
     train_arrays, train_noisy = [], ([] if noisy_train is not None else None)
@@ -220,7 +222,7 @@ def build_data(recipe: dict, source: str = "recipe") -> DataBundle:
         held_out.append(HeldOut(loaded.path.name, clean, noisy, data_range(norm_spec, clean), display,
                                 loaded.slice_axis, loaded.volume))
     note = describe_range(norm_spec)
-    return DataBundle(train, held_out, dims, data["channels"], note)
+    return DataBundle(train, held_out, dims, data["channels"], note, formats)
 
 
 def noisy_in_units(noise, clean: np.ndarray, normalizer: Normalizer, generator: torch.Generator) -> np.ndarray:
@@ -231,9 +233,9 @@ def noisy_in_units(noise, clean: np.ndarray, normalizer: Normalizer, generator: 
     return normalizer.inverse(noise(normalised, generator).float().numpy()).astype(np.float32)
 
 
-def _read_paired(paired: dict, split: str, data: dict, reader):
-    noisy_files = expand_inputs(paired.get(f"{split}_noisy") or [])
-    clean_files = expand_inputs(paired.get(f"{split}_clean") or [])
+def _read_paired(paired: dict, split: str, data: dict, reader, formats):
+    noisy_files = expand_inputs(paired.get(f"{split}_noisy") or [], formats)
+    clean_files = expand_inputs(paired.get(f"{split}_clean") or [], formats)
     clean_by_name = {f.name: f for f in clean_files}
     missing = [f.name for f in noisy_files if f.name not in clean_by_name]
     if missing:
@@ -243,8 +245,8 @@ def _read_paired(paired: dict, split: str, data: dict, reader):
         )
     noisy, clean = [], []
     for f in noisy_files:
-        n = _load(f, data, reader)
-        c = _load(clean_by_name[f.name], data, reader)
+        n = _load(f, data, reader, formats)
+        c = _load(clean_by_name[f.name], data, reader, formats)
         if n.array.shape != c.array.shape:
             raise ToolboxError(
                 f"{f}: shape {n.array.shape[1:]} differs from its clean image "

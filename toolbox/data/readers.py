@@ -50,13 +50,19 @@ def default_reader_name(path: Path) -> str:
     return "itk"
 
 
-def read_image(path, spatial_dims: int, channels: int = 1, reader=None) -> Image:
-    """Read ``path`` as ``(channels, *spatial)`` float32; squeeze singleton extra axes."""
-    from toolbox.plugins import get_registry
+def default_reader(path: Path):
+    """The MONAI reader for ``path``'s kind (by suffix; a folder is a DICOM series)."""
+    import monai.data
 
+    return getattr(monai.data, {"nibabel": "NibabelReader", "pil": "PILReader", "pydicom": "PydicomReader",
+                                "itk": "ITKReader"}[default_reader_name(path)])()
+
+
+def read_image(path, spatial_dims: int, channels: int = 1, reader=None) -> Image:
+    """Read ``path`` with a MONAI ``reader`` (by default the one for its suffix) as
+    ``(channels, *spatial)`` float32; squeeze singleton extra axes."""
     path = Path(path)
-    if reader is None:
-        reader = get_registry().build("readers", {"type": default_reader_name(path)})
+    reader = reader if reader is not None else default_reader(path)
     try:
         # The reader itself rather than LoadImage, which builds every MONAI reader each call.
         with warnings.catch_warnings():

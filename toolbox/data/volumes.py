@@ -1,9 +1,11 @@
-"""Read one input for ``toolbox denoise`` / ``evaluate`` with everything needed to write it back.
+"""Images as ``toolbox`` reads and writes them: ``Volume``, the ``ImageFormat`` contract, and
+choosing a registered format for a path.
 
-Training reads through MONAI's readers (``toolbox.data.readers``).  Inputs that must come
-back as the same kind of file with the same geometry are read here with the format's own
-library (pydicom, nibabel, tifffile, Pillow, ITK), keeping the per-slice DICOM headers, the
-NIfTI header and affine, the TIFF axes and the stored dtype.
+Every image ``toolbox`` reads (training data, ``denoise`` and ``evaluate`` inputs) goes
+through a registered ``ImageFormat`` (hook ``register_formats``): the built-in DICOM series,
+NIfTI, TIFF, PNG and ITK (NRRD / MHA) ones (``toolbox.formats``) are registered like any
+plugin's, keep everything needed to write the image back (per-slice DICOM headers, NIfTI
+header and affine, TIFF axes, stored dtype) and write it with the same format.
 
 A ``Volume`` holds the image in the input's physical units (Hounsfield units for CT: the
 DICOM rescale is applied) as float32 ``(C, *spatial)``; ``slice_axis`` names the spatial axis
@@ -12,24 +14,22 @@ along which a 2D model is applied slice by slice.
 
 from __future__ import annotations
 
-import warnings
-from collections import defaultdict
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from toolbox.data.readers import IMAGE_SUFFIXES as VOLUME_SUFFIXES
+from toolbox.checkpoint import atomic_write
 from toolbox.data.readers import suffix_of
 from toolbox.errors import ToolboxError
-
 
 
 @dataclass
 class Volume:
     array: np.ndarray  # float32 (C, *spatial), physical units
     path: Path  # the file, or the DICOM folder
-    format: str  # dicom | nifti | tiff | png | itk
+    format: str  # the registered name of the format that read it (and writes it back)
     stored_dtype: np.dtype  # dtype of the stored values (written back the same)
     value_range: tuple[float, float]  # what the stored type can hold, in physical units
     slice_axis: int | None = None  # spatial axis of the slices (3D inputs)
@@ -75,14 +75,16 @@ def squeeze_spatial(array: np.ndarray, slice_axis: int | None, min_axes: int = 2
     return squeezed, slice_axis
 
 
-def _dtype_range(dtype: np.dtype) -> tuple[float, float]:
+def dtype_range(dtype: np.dtype) -> tuple[float, float]:
+    """The values a stored dtype can hold (infinite for floats)."""
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return float(info.min), float(info.max)
     return -np.inf, np.inf
 
 
-def _check_finite(array: np.ndarray, path: Path) -> None:
+def check_finite(array: np.ndarray, path: Path) -> None:
+    """A one-line error for an empty image or one with NaN / infinite voxels."""
     if array.size == 0 or 0 in array.shape:
         raise ToolboxError(f"{path}: the image is empty (shape {array.shape})")
     if not np.isfinite(array).all():
@@ -90,347 +92,175 @@ def _check_finite(array: np.ndarray, path: Path) -> None:
         raise ToolboxError(f"{path}: {bad} voxel(s) are NaN or infinite; fix or mask them first")
 
 
-# -- DICOM ---------------------------------------------------------------------------------
-def _is_dicom(path: Path) -> bool:
+def to_stored(volume: Volume, units: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
+    """Physical units -> stored values of the input's dtype (rounded and clipped)."""
+    low, high = volume.value_range
+    units = np.clip(units, low, high)
+    stored = (units - intercept) / slope
+    dtype = volume.stored_dtype
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        stored = np.clip(np.rint(stored), info.min, info.max)
+    return stored.astype(dtype)
+
+
+def write_file(output: Path, overwrite: bool, write) -> None:
+    """``write(path)`` to a temporary file with ``output``'s suffix (writers pick the format,
+    and gzip, from it), renamed to ``output`` once complete."""
+    if output.exists() and not overwrite:
+        raise ToolboxError(f"{output}: already exists; pass --overwrite to replace it")
+    suffix = suffix_of(output)
+
+    def write_with_suffix(tmp: Path) -> None:
+        named = tmp.with_name(tmp.name + suffix)
+        try:
+            write(named)
+            os.replace(named, tmp)
+        finally:
+            named.unlink(missing_ok=True)
+
+    atomic_write(output, write_with_suffix)
+
+
+def file_starts_with(path: Path, *signatures: bytes, offset: int = 0) -> bool:
+    """Whether the file's bytes at ``offset`` begin with one of ``signatures``."""
     try:
         with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
+            handle.seek(offset)
+            start = handle.read(max(len(s) for s in signatures))
     except OSError:
+        return False
+    return any(start.startswith(s) for s in signatures)
+
+
+class ImageFormat:
+    """A file format ``toolbox`` reads and writes back (hook ``register_formats``).
+
+    ``suffixes``: lower-case name endings it claims (``(".nii.gz", ".nii")``).  ``sniff``
+    says from the content whether a path (a file, or a folder for series formats) is in
+    this format: it picks among formats claiming the same suffix and finds files whose
+    suffix is wrong or missing.  ``read`` returns a ``Volume`` whose ``format`` is the
+    registered name (``self.name``, set when the format is built); ``write`` writes a
+    volume it read, with new values ``units``, like the input.
+    """
+
+    name: str = ""
+    suffixes: tuple[str, ...] = ()
+
+    def sniff(self, path: Path) -> bool:
+        return False
+
+    def read(self, path: Path, series: str | None = None, channels: int | None = None) -> Volume:
+        raise NotImplementedError
+
+    def write(self, volume: Volume, units: np.ndarray, output: Path, description: str, overwrite: bool) -> None:
+        raise ToolboxError(f"{output}: {self.name} images cannot be written; write to another format")
+
+
+def formats_of(registry) -> list[ImageFormat]:
+    """Every registered format, built, in registration order (built-ins first)."""
+    built = []
+    for component in registry.components("formats", ordered=True).values():
+        image_format = registry.build("formats", component.name)
+        image_format.name = component.name
+        built.append(image_format)
+    return built
+
+
+def known_suffixes(formats: list[ImageFormat]) -> list[str]:
+    return list(dict.fromkeys(s for f in formats for s in f.suffixes))
+
+
+def _sniffs(image_format: ImageFormat, path: Path) -> bool:
+    """Whether ``image_format`` recognises ``path``; a sniffer that fails (a damaged file,
+    a plugin's bug) says no rather than taking the command down."""
+    try:
+        return bool(image_format.sniff(path))
+    except Exception:  # noqa: BLE001 - see above
         return False
 
 
-def dicom_series_in(folder: Path) -> dict[str, list]:
-    """SeriesInstanceUID -> headers (no pixels) of the image files in ``folder`` (recursive)."""
-    import pydicom
-
-    series: dict[str, list] = defaultdict(list)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if not (_is_dicom(path) or path.suffix.lower() == ".dcm"):
-            continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as error:  # noqa: BLE001 - report which file is broken
-            raise ToolboxError(f"{path}: not a readable DICOM file ({error})") from error
-        if "Rows" not in ds:
-            sop_class = ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", None)
-            if sop_class is not None and "Image Storage" in getattr(sop_class, "name", ""):
-                raise ToolboxError(f"{path}: an image file without its image attributes (truncated?)")
-            continue  # DICOMDIR, structured reports, presentation states: not images
-        ds.filename = str(path)
-        series[str(ds.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))].append(ds)
-    return dict(series)
-
-
-def _slice_position(ds) -> float:
-    """Position along the slice normal (from ImageOrientationPatient), not the file name."""
-    orientation = ds.get("ImageOrientationPatient")
-    position = ds.get("ImagePositionPatient")
-    if orientation is not None and position is not None:
-        row, col = np.array(orientation[:3], float), np.array(orientation[3:], float)
-        return float(np.dot(np.cross(row, col), np.array(position, float)))
-    return float(ds.get("InstanceNumber", 0) or 0)
+def find_format(path: Path, formats: list[ImageFormat]) -> ImageFormat:
+    """The format of ``path``: by the longest suffix that formats claim, the content
+    deciding between formats that claim the same one; by content alone when no format
+    claims the suffix or the content says it is another format."""
+    name = path.name.lower()
+    claims = [(len(s), f) for f in formats for s in f.suffixes if name.endswith(s)] if path.is_file() else []
+    longest = max((n for n, _ in claims), default=0)
+    by_suffix = [f for n, f in claims if n == longest]
+    for image_format in by_suffix:
+        if _sniffs(image_format, path):
+            return image_format
+    for image_format in formats:
+        if image_format not in by_suffix and _sniffs(image_format, path):
+            return image_format
+    if by_suffix:
+        return by_suffix[0]
+    if path.is_dir():
+        raise ToolboxError(f"{path}: no DICOM series or other image folder here")
+    raise ToolboxError(f"{path}: unknown image type '{suffix_of(path)}'; expected one of "
+                       f"{', '.join(known_suffixes(formats))} or a DICOM folder")
 
 
-def _stored_dtype(ds) -> np.dtype:
-    bits = int(ds.get("BitsAllocated", 16))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    return np.dtype(f"{'i' if signed else 'u'}{max(bits, 8) // 8}")
-
-
-def _dicom_rescale(ds) -> tuple[float, float]:
-    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-
-
-# Transfer syntaxes whose compression loses nothing (uncompressed ones are not compressed).
-_LOSSLESS_SYNTAXES = {
-    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG lossless (process 14, SV1)
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.92",  # JPEG 2000 lossless only
-    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",  # HTJ2K lossless
-    "1.2.840.10008.1.2.5",  # RLE lossless
-}
-_LOSSY_METHODS = {"1.2.840.10008.1.2.4.5": "ISO_10918_1", "1.2.840.10008.1.2.4.8": "ISO_14495_1",
-                  "1.2.840.10008.1.2.4.9": "ISO_15444_1", "1.2.840.10008.1.2.4.20": "ISO_15444_15"}
-
-
-def _note_lossy_source(ds) -> None:
-    """A derived image of a lossy-compressed one must say so (DICOM PS3.3 C.7.6.1.1.5):
-    LossyImageCompression 01 with its method and ratio, kept in the header we write back."""
-    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    if not syntax.startswith("1.2.840.10008.1.2.4") or syntax in _LOSSLESS_SYNTAXES:
-        return
-    if str(ds.get("LossyImageCompression", "")) == "01" and "LossyImageCompressionRatio" in ds:
-        return
-    ds.LossyImageCompression = "01"
-    method = next((m for prefix, m in _LOSSY_METHODS.items() if syntax.startswith(prefix)), None)
-    if method and "LossyImageCompressionMethod" not in ds:
-        ds.LossyImageCompressionMethod = method
-    if "LossyImageCompressionRatio" not in ds and "PixelData" in ds:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        raw = (int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1))
-               * int(ds.get("BitsAllocated", 16)) // 8)
-        ds.LossyImageCompressionRatio = f"{raw / max(len(ds.PixelData), 1):.2f}"[:16]
-
-
-def _dicom_pixels(ds, path: Path) -> np.ndarray:
-    """Decoded pixels (compressed syntaxes through pydicom's plugins: pylibjpeg with libjpeg,
-    openjpeg and rle, and pyjpegls); colour images come back as RGB."""
-    try:
-        pixels = ds.pixel_array
-    except Exception as error:  # noqa: BLE001 - missing codec, truncated data, no pixel data
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ToolboxError(f"{path}: cannot decode the pixel data ({reason[:200]})") from error
-    _note_lossy_source(ds)
-    return pixels
-
-
-def _padding_mask(ds, stored: np.ndarray) -> np.ndarray | None:
-    """Voxels whose stored value is the PixelPaddingValue (up to PixelPaddingRangeLimit)."""
-    value = ds.get("PixelPaddingValue")
-    if value is None or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        return None
-    limit = ds.get("PixelPaddingRangeLimit")
-    if limit is None:
-        return stored == float(value)
-    low, high = sorted((float(value), float(limit)))
-    return (stored >= low) & (stored <= high)
-
-
-def read_dicom(path: Path, series: str | None = None) -> Volume:
-    import pydicom
-
-    if path.is_file():
-        try:
-            ds = pydicom.dcmread(path)
-        except Exception as error:  # noqa: BLE001
-            raise ToolboxError(f"{path}: not a readable DICOM file ({error})") from error
-        if "PixelData" not in ds:
-            raise ToolboxError(f"{path}: this DICOM file has no pixel data (not an image)")
-        ds.filename = str(path)
-        headers = [ds]
-        pixels = [_dicom_pixels(ds, path)]
-    else:
-        found = dicom_series_in(path)
-        if not found:
-            raise ToolboxError(f"{path}: no DICOM images in this folder")
-        if series is None and len(found) > 1:
-            listing = "; ".join(
-                f"{uid} ({h[0].get('SeriesDescription', '') or h[0].get('Modality', '?')}, {len(h)} files)"
-                for uid, h in found.items()
-            )
-            raise ToolboxError(
-                f"{path}: holds {len(found)} DICOM series; pick one with --series UID: {listing}"
-            )
-        uid = series or next(iter(found))
-        if uid not in found:
-            raise ToolboxError(f"{path}: no series {uid}; series here: {', '.join(found)}")
-        headers = sorted(found[uid], key=_slice_position)
-        positions = [_slice_position(h) for h in headers]
-        if len(set(np.round(positions, 4))) != len(positions) and len(headers) > 1:
-            raise ToolboxError(
-                f"{path}: several slices of series {uid} share a position; "
-                "is this a time series? Split it into one folder per time point"
-            )
-        pixels, datasets = [], []
-        for ds in headers:
-            full = pydicom.dcmread(ds.filename)
-            pixels.append(_dicom_pixels(full, Path(ds.filename)))
-            # Keep the whole header for writing back (no third read), not the old pixels.
-            del full.PixelData
-            full.filename = ds.filename
-            datasets.append(full)
-        headers = datasets
-    first = headers[0]
-    frames = int(first.get("NumberOfFrames", 1) or 1)
-    samples = int(first.get("SamplesPerPixel", 1) or 1)
-    shapes = {p.shape for p in pixels}
-    if len(shapes) != 1:
-        raise ToolboxError(f"{path}: slices have different sizes {sorted(shapes)}")
-    stack = np.stack(pixels).astype(np.float32)  # (slices, [frames,] rows, cols[, samples])
-    units = np.empty_like(stack)
-    for index, ds in enumerate(headers):  # slope / intercept may differ from slice to slice
-        slope, intercept = _dicom_rescale(ds)
-        units[index] = stack[index] * slope + intercept
-
-    def arrange(array: np.ndarray) -> np.ndarray:
-        # (C, slices, [frames,] rows, cols) -> one volume; a single 2D image stays 2D.
-        array = np.moveaxis(array, -1, 0) if samples > 1 else array[None]
-        if frames > 1 and len(headers) == 1:
-            array = array[:, 0]
-        if array.shape[1] == 1 and array.ndim == 4:
-            array = array[:, 0]
-        return array
-
-    units = arrange(units)
-    padding = _padding_mask(first, stack)
-    padding = arrange(padding) if padding is not None else None
-    dtype = _stored_dtype(first)
-    slope, intercept = _dicom_rescale(first)
-    low, high = _dtype_range(dtype)
-    bits = int(first.get("BitsStored", dtype.itemsize * 8))
-    if np.issubdtype(dtype, np.integer):
-        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if dtype.kind == "i" else (0, 2**bits - 1)
-    value_range = tuple(sorted((low * slope + intercept, high * slope + intercept)))
-    _check_finite(units, path)
-    return Volume(
-        array=np.ascontiguousarray(units, dtype=np.float32), path=path, format="dicom",
-        stored_dtype=dtype, value_range=value_range,
-        slice_axis=0 if units.ndim == 4 else None,
-        meta={"headers": headers, "multiframe": frames > 1},
-        name=path.name, padding=padding,
-    )
-
-
-# -- NIfTI ---------------------------------------------------------------------------------
-def read_nifti(path: Path, channels: int | None = None) -> Volume:
-    import nibabel as nib
-
-    try:
-        image = nib.load(str(path))
-        data = np.asarray(image.get_fdata(dtype=np.float32))
-    except Exception as error:  # noqa: BLE001 - truncated gzip, bad header, ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ToolboxError(f"{path}: cannot read this NIfTI file ({reason[:200]})") from error
-    _check_finite(data, path)
-    if data.ndim == 4 or data.ndim == 5:
-        # A 4th axis is channels (or time); a denoiser of C channels takes C of them.
-        extra = data.shape[3:]
-        if channels is not None and int(np.prod(extra)) != channels:
-            raise ToolboxError(
-                f"{path}: is 4D with {int(np.prod(extra))} volumes along the 4th axis; the model "
-                f"takes {channels} channel(s). Split the series into 3D files first"
-            )
-        data = np.moveaxis(data.reshape(*data.shape[:3], -1), -1, 0)
-    elif data.ndim in (2, 3):
-        data = data[None]
-    else:
-        raise ToolboxError(f"{path}: has {data.ndim} axes; expected 2D, 3D or 4D")
-    dtype = image.get_data_dtype()
-    # nibabel moves scl_slope / scl_inter from the header to the data proxy on load (the
-    # header then says "no scaling"): read them there, or a uint16 CT with intercept -1024
-    # would be written back without it.
-    slope = float(getattr(image.dataobj, "slope", 1.0))
-    inter = float(getattr(image.dataobj, "inter", 0.0))
-    low, high = _dtype_range(dtype)
-    if np.issubdtype(dtype, np.integer):
-        low, high = sorted((low * slope + inter, high * slope + inter))
-    return Volume(
-        array=np.ascontiguousarray(data), path=path, format="nifti", stored_dtype=np.dtype(dtype),
-        value_range=(low, high), slice_axis=2 if data.ndim == 4 else None,
-        meta={"affine": image.affine, "header": image.header, "scaling": (slope, inter)},
-        name=path.name,
-    )
-
-
-# -- TIFF / PNG ----------------------------------------------------------------------------
-def read_tiff(path: Path) -> Volume:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            data = series.asarray()
-            axes = series.axes
-    except Exception as error:  # noqa: BLE001
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ToolboxError(f"{path}: cannot read this TIFF file ({reason[:200]})") from error
-    dtype = data.dtype
-    # Channels (S = samples per pixel, C) first; everything else before Y, X is a slice axis.
-    channel_axes = [i for i, a in enumerate(axes) if a in "SC"]
-    if len(channel_axes) > 1:
-        raise ToolboxError(f"{path}: TIFF axes {axes} have more than one channel axis")
-    if channel_axes:
-        data = np.moveaxis(data, channel_axes[0], 0)
-        axes = axes[channel_axes[0]] + axes.replace(axes[channel_axes[0]], "")
-    else:
-        data = data[None]
-        axes = "C" + axes
-    if data.ndim > 4:
-        raise ToolboxError(f"{path}: TIFF axes {series.axes}: at most one stack axis besides Y and X")
-    array = data.astype(np.float32)
-    _check_finite(array, path)
-    return Volume(
-        array=array, path=path, format="tiff", stored_dtype=dtype, value_range=_dtype_range(dtype),
-        slice_axis=0 if array.ndim == 4 else None, meta={"axes": series.axes}, name=path.name,
-    )
-
-
-def read_png(path: Path) -> Volume:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            data = np.asarray(image)
-    except Exception as error:  # noqa: BLE001
-        raise ToolboxError(f"{path}: cannot read this PNG file ({error})") from error
-    if data.ndim == 3:
-        data = np.moveaxis(data, -1, 0)
-    else:
-        data = data[None]
-    array = data.astype(np.float32)
-    _check_finite(array, path)
-    dtype = np.dtype(np.uint16) if data.dtype.itemsize == 2 or mode.startswith("I") else np.dtype(np.uint8)
-    return Volume(array=array, path=path, format="png", stored_dtype=dtype,
-                  value_range=_dtype_range(dtype), meta={"mode": mode}, name=path.name)
-
-
-def read_itk(path: Path) -> Volume:
-    import itk
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = itk.imread(str(path))
-    except Exception as error:  # noqa: BLE001
-        raise ToolboxError(f"{path}: cannot read this image with ITK ({error})") from error
-    data = itk.array_from_image(image)  # (z, y, x) or (y, x) [+ components]
-    components = image.GetNumberOfComponentsPerPixel()
-    data = np.moveaxis(data, -1, 0) if components > 1 else data[None]
-    array = data.astype(np.float32)
-    _check_finite(array, path)
-    return Volume(
-        array=array, path=path, format="itk", stored_dtype=data.dtype,
-        value_range=_dtype_range(data.dtype), slice_axis=0 if array.ndim == 4 else None,
-        meta={"spacing": tuple(image.GetSpacing()), "origin": tuple(image.GetOrigin()),
-              "direction": np.array(image.GetDirection())},
-        name=path.name,
-    )
-
-
-def read_volume(path, series: str | None = None, channels: int | None = None) -> Volume:
+def read_volume(path, formats: list[ImageFormat], series: str | None = None, channels: int | None = None) -> Volume:
     """Read a file, or a folder holding one DICOM series (``series`` picks among several)."""
     path = Path(path)
     if not path.exists():
         raise ToolboxError(f"{path}: no such file or folder")
-    if path.is_dir():
-        return read_dicom(path, series)
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:
         raise ToolboxError(f"{path}: the file is empty (0 bytes)")
-    suffix = suffix_of(path)
-    if suffix in (".nii", ".nii.gz"):
-        return read_nifti(path, channels)
-    if suffix in (".tif", ".tiff"):
-        return read_tiff(path)
-    if suffix == ".png":
-        return read_png(path)
-    if suffix == ".dcm" or _is_dicom(path):
-        return read_dicom(path, series)
-    if suffix in (".nrrd", ".mha", ".mhd"):
-        return read_itk(path)
-    raise ToolboxError(
-        f"{path}: unknown image type '{suffix}'; expected one of {', '.join(VOLUME_SUFFIXES)} "
-        "or a DICOM folder"
-    )
+    image_format = find_format(path, formats)
+    volume = image_format.read(path, series=series, channels=channels)
+    volume.format = image_format.name
+    return volume
 
 
-def expand_inputs(paths, depth: int = 3) -> list[Path]:
-    """Inputs of a batch: files as given; a folder with DICOM files is one input (a series);
-    a folder of image files gives each file; a folder of folders gives each sub-folder
-    (``depth`` levels down, symbolic links to folders not followed)."""
+def write_volume(volume: Volume, units: np.ndarray, output: Path, description: str, formats: list[ImageFormat],
+                 overwrite: bool = False) -> Path:
+    """Write ``units`` (float, same shape as ``volume.array``) to ``output`` with the format
+    that read ``volume``, like it (geometry and headers kept, written atomically)."""
+    if units.shape != volume.array.shape:
+        raise ValueError(f"output shape {units.shape} differs from input {volume.array.shape}")
+    output = Path(output)
+    image_format = next((f for f in formats if f.name == volume.format), None)
+    if image_format is None:
+        raise ToolboxError(f"{output}: no registered format '{volume.format}' to write this image with")
+    if output.exists() and overwrite and output.is_dir() and not getattr(image_format, "folders", False):
+        raise ToolboxError(f"{output}: is a folder; a {volume.format} input gives a file")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ToolboxError(f"{output.parent}: cannot create the output folder ({error.strerror})") from error
+    if not os.access(output.parent, os.W_OK):
+        raise ToolboxError(f"{output.parent}: the output folder is not writable")
+    image_format.write(volume, units, output, description, overwrite)
+    return output
+
+
+def check_output(inputs: list[Path], output: Path, overwrite: bool) -> None:
+    """Refuse outputs that are inputs, lie inside an input folder, or exist already."""
+    resolved = output.resolve()
+    for source in inputs:
+        source = source.resolve()
+        if resolved == source:
+            raise ToolboxError(f"{output}: is the input itself; choose another output path")
+        if source.is_dir() and (resolved == source or source in resolved.parents):
+            raise ToolboxError(
+                f"{output}: lies inside the input folder {source}; choose an output outside it"
+            )
+        if resolved in source.parents:  # replacing the output folder would delete the input
+            raise ToolboxError(f"{output}: holds the input {source}; choose an output outside it")
+    if output.exists() and not overwrite:
+        raise ToolboxError(f"{output}: already exists; pass --overwrite to replace it")
+
+
+def expand_inputs(paths, formats: list[ImageFormat], depth: int = 3) -> list[Path]:
+    """Inputs of a batch: files as given; a folder a format reads as one image (a DICOM
+    series) is one input; a folder of image files gives each file; a folder of folders
+    gives each sub-folder (``depth`` levels down, symbolic links to folders not followed)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    suffixes = tuple(known_suffixes(formats))
     inputs: list[Path] = []
     for entry in map(Path, paths):
         if not entry.exists():
@@ -441,14 +271,12 @@ def expand_inputs(paths, depth: int = 3) -> list[Path]:
         files = sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith("."))
         folders = sorted(p for p in entry.iterdir()
                          if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
-        if any(_is_dicom(p) or p.suffix.lower() == ".dcm" for p in files):
+        if any(getattr(f, "folders", False) and _sniffs(f, entry) for f in formats):
             inputs.append(entry)
-        elif any(suffix_of(p) in VOLUME_SUFFIXES for p in files):
-            inputs.extend(p for p in files if suffix_of(p) in VOLUME_SUFFIXES)
+        elif any(p.name.lower().endswith(suffixes) for p in files):
+            inputs.extend(p for p in files if p.name.lower().endswith(suffixes))
         elif folders and depth > 0:
-            inputs.extend(expand_inputs(folders, depth - 1))
+            inputs.extend(expand_inputs(folders, formats, depth - 1))
         else:
-            raise ToolboxError(
-                f"{entry}: no images ({', '.join(VOLUME_SUFFIXES)}) or DICOM files here"
-            )
+            raise ToolboxError(f"{entry}: no images ({', '.join(suffixes)}) or DICOM files here")
     return inputs

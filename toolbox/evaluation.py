@@ -43,20 +43,19 @@ def _true_sigma(noise_spec: dict | None):
     return None
 
 
-def build_cases(model, clean_paths, noisy_paths=None, noise_spec=None, seed: int = 12345) -> list[Case]:
+def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None, seed: int = 12345) -> list[Case]:
     """Clean/noisy pairs in the images' own units: real noisy files, or synthetic noise whose
     level is in normalised units (as in the recipe: added to the normalised clean image)."""
     from toolbox.baselines import estimate_noise_sigma
     from toolbox.data.datasets import noisy_in_units
     from toolbox.data.normalize import data_range, fit_normalizer
-    from toolbox.data.volumes import expand_inputs, read_volume, squeeze_spatial
-    from toolbox.plugins import get_registry
-
-    clean_files = expand_inputs(clean_paths)
+    from toolbox.data.volumes import expand_inputs, formats_of, read_volume, squeeze_spatial
+    formats = formats_of(registry)
+    clean_files = expand_inputs(clean_paths, formats)
     norm_spec = model.recipe["data"]["normalize"]
     cases = []
     if noisy_paths:
-        noisy_files = {p.name: p for p in expand_inputs(noisy_paths)}
+        noisy_files = {p.name: p for p in expand_inputs(noisy_paths, formats)}
         missing = [p.name for p in clean_files if p.name not in noisy_files]
         if missing:
             raise ToolboxError(f"no noisy image named like the clean {', '.join(missing[:3])} "
@@ -67,14 +66,14 @@ def build_cases(model, clean_paths, noisy_paths=None, noise_spec=None, seed: int
         if not noise_spec:
             raise ToolboxError("give --noisy FOLDER, or --noise for synthetic noise "
                                "(the model's recipe has no noise model)")
-        noise = get_registry().build("noise_models", noise_spec, "--noise", "noise")
+        noise = registry.build("noise_models", noise_spec, "--noise", "noise")
     known = _true_sigma(noise_spec) if noise is not None else None
     for index, path in enumerate(clean_files):
-        volume = read_volume(path, channels=model.channels)
+        volume = read_volume(path, formats, channels=model.channels)
         clean = volume.image_values()  # padding outside the field of view is not image
         reference = fit_normalizer(norm_spec, clean)
         if noise is None:
-            noisy_volume = read_volume(noisy_files[path.name], channels=model.channels)
+            noisy_volume = read_volume(noisy_files[path.name], formats, channels=model.channels)
             if noisy_volume.array.shape != clean.shape:
                 raise ToolboxError(f"{noisy_files[path.name]}: shape {noisy_volume.array.shape[1:]} "
                                    f"differs from the clean {path} {clean.shape[1:]}")
@@ -99,70 +98,85 @@ def run_baseline(method, norm_spec: dict, noisy: np.ndarray, sigma: float) -> np
     return normalizer.inverse(result).astype(np.float32)
 
 
-def evaluate(model_path: Path, clean_paths, noisy_paths=None, noise_spec=None, out_dir=None,
+def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_spec=None, out_dir=None,
              device_name: str = "auto", seed: int = 12345, console=None) -> dict:
-    from toolbox.baselines import available_baselines
-    from toolbox.data.normalize import describe_range, fit_normalizer
+    """The model at ``model_path`` (a run folder or checkpoint) against the classical
+    baselines on ``clean_paths``; writes report.json, report.csv and figures."""
+    from toolbox.console import make_console
+    from toolbox.data.normalize import describe_range
     from toolbox.distributed import pick_device
-    from toolbox.infer import denoise_with_model, load_trained_model
-    from toolbox.metrics import psnr_ssim
-    from toolbox.train import make_console
+    from toolbox.infer import load_trained_model
 
     console = console or make_console()
     device = pick_device(device_name)
-    model = load_trained_model(model_path, device)
+    model = load_trained_model(model_path, device, registry)
     if out_dir is None:
         base = Path(model_path) if Path(model_path).is_dir() else Path(".")
         out_dir = base / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ToolboxError(f"{out_dir}: exists and is not empty; pick another -o")
-    cases = build_cases(model, clean_paths, noisy_paths, noise_spec, seed)
-    norm = model.recipe["data"]["normalize"]
+    cases = build_cases(model, clean_paths, registry, noisy_paths, noise_spec, seed)
     rows, figures = [], []
     for case in cases:
-        dims = case.clean.ndim - 1
-        results = {}
-        started = time.time()
-        results[f"model ({model.name})"] = (denoise_with_model(model, case.noisy, case.slice_axis, device),
-                                            time.time() - started)
-        for name, method in available_baselines(dims).items():
-            started = time.time()
-            results[name] = (run_baseline(method, norm, case.noisy, case.sigma), time.time() - started)
-        scores = {}
-        for name, (result, seconds) in results.items():
-            psnr, ssim = psnr_ssim(result, case.clean, dims, case.data_range)
-            scores[name] = (psnr, ssim)
-            rows.append({"image": case.name, "method": name, "psnr": psnr, "ssim": ssim,
-                         "seconds": round(seconds, 3), "sigma": case.sigma,
-                         "sigma_known": case.sigma_known, "data_range": case.data_range})
-        best_baseline = max((n for n in scores if not n.startswith(("model", "identity"))),
-                            key=lambda n: scores[n][0])
-        model_name = next(iter(results))
-        figure = out_dir / "figures" / f"{case.name.split('.')[0]}.png"
+        case_rows, figure = _score_case(model, case, device, out_dir)
+        rows += case_rows
         figures.append(figure)
-        panels = [("noisy", case.noisy, scores["identity (noisy)"]),
-                  ("model", results[model_name][0], scores[model_name]),
-                  (best_baseline, results[best_baseline][0], scores[best_baseline]),
-                  ("clean", case.clean, None)]
-        write_figure(figure, panels, case.slice_axis, fit_normalizer(norm, case.clean))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     mean = {m: {"psnr": float(np.mean([r["psnr"] for r in rows if r["method"] == m])),
                 "ssim": float(np.mean([r["ssim"] for r in rows if r["method"] == m]))} for m in methods}
-    report = {"model": str(model.checkpoint), "data_range": describe_range(norm),
+    report = {"model": str(model.checkpoint), "data_range": describe_range(model.recipe["data"]["normalize"]),
               "units": "the images' own units, whole image, unclipped",
               "noise": "paired files" if noisy_paths else (noise_spec or model.recipe["data"]["noise"]),
               "rows": rows, "mean": mean, "figures": [str(f) for f in figures]}
-    atomic_write(out_dir / "report.json",
-                 lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8"))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(out_dir / "report.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    _write_reports(out_dir, report)
     print_table(report, methods, console)
     console.print(f"wrote {out_dir / 'report.json'}, {out_dir / 'report.csv'} and {len(figures)} figure(s)")
     return report
+
+
+def _score_case(model, case: Case, device, out_dir: Path) -> tuple[list[dict], Path]:
+    """The model and every available baseline on one case: a row each, and a figure of
+    noisy | model | best baseline | clean."""
+    from toolbox.baselines import available_baselines
+    from toolbox.data.normalize import fit_normalizer
+    from toolbox.figures import write_figure
+    from toolbox.infer import denoise_with_model
+    from toolbox.metrics import psnr_ssim
+
+    norm = model.recipe["data"]["normalize"]
+    dims = case.clean.ndim - 1
+    model_name = f"model ({model.name})"
+    methods = {model_name: lambda: denoise_with_model(model, case.noisy, case.slice_axis, device)}
+    for name, method in available_baselines(dims).items():
+        methods[name] = lambda method=method: run_baseline(method, norm, case.noisy, case.sigma)
+    results, scores, rows = {}, {}, []
+    for name, run in methods.items():
+        started = time.time()
+        results[name] = run()
+        seconds = time.time() - started
+        scores[name] = psnr_ssim(results[name], case.clean, dims, case.data_range)
+        rows.append({"image": case.name, "method": name, "psnr": scores[name][0], "ssim": scores[name][1],
+                     "seconds": round(seconds, 3), "sigma": case.sigma,
+                     "sigma_known": case.sigma_known, "data_range": case.data_range})
+    best_baseline = max((n for n in scores if not n.startswith(("model", "identity"))), key=lambda n: scores[n][0])
+    figure = out_dir / "figures" / f"{case.name.split('.')[0]}.png"
+    panels = [("noisy", case.noisy, scores["identity (noisy)"]),
+              ("model", results[model_name], scores[model_name]),
+              (best_baseline, results[best_baseline], scores[best_baseline]),
+              ("clean", case.clean, None)]
+    write_figure(figure, panels, case.slice_axis, fit_normalizer(norm, case.clean))
+    return rows, figure
+
+
+def _write_reports(out_dir: Path, report: dict) -> None:
+    atomic_write(out_dir / "report.json",
+                 lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8"))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(report["rows"][0]))
+    writer.writeheader()
+    writer.writerows(report["rows"])
+    atomic_write(out_dir / "report.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
 
 
 def print_table(report: dict, methods: list[str], console) -> None:
@@ -182,44 +196,3 @@ def print_table(report: dict, methods: list[str], console) -> None:
         style = "bold green" if method == best else None
         table.add_row(method, *cells, f"{mean['psnr']:.2f} / {mean['ssim']:.3f}", style=style)
     console.print(table)
-
-
-def _middle_slice(array: np.ndarray, slice_axis):
-    image = array[0]
-    if image.ndim == 3:
-        axis = slice_axis if slice_axis is not None else 0
-        image = np.take(image, image.shape[axis] // 2, axis=axis)
-    return image
-
-
-def write_figure(path: Path, panels, slice_axis, display=None) -> None:
-    """A row of full views and a row of 3x-zoomed centre crops, labelled with PSNR/SSIM.
-
-    ``display`` (a ``Normalizer``) maps the images to the 0..1 shown (for CT the window);
-    the scores are the ones given, taken over the whole unclipped image.
-    """
-    from PIL import Image, ImageDraw
-
-    to_view = display.forward if display is not None else (lambda a: a)
-    views = [np.clip(_middle_slice(to_view(np.asarray(p[1], dtype=np.float32)), slice_axis), 0, 1)
-             for p in panels]
-    h, w = views[0].shape
-    scale = max(1, 256 // max(h, w))  # small images are enlarged so labels fit
-    width, height = w * scale, h * scale
-    crop = max(4, min(h, w) // 3)  # a square centre crop, shown panel-wide
-    top, left = (h - crop) // 2, (w - crop) // 2
-    label = 16
-    canvas = Image.new("L", (len(views) * width, height + width + 2 * label), 0)
-    draw = ImageDraw.Draw(canvas)
-    for index, ((title, _, score), view) in enumerate(zip(panels, views)):
-        full = Image.fromarray((view * 255).astype(np.uint8)).resize((width, height), Image.NEAREST)
-        zoom = Image.fromarray((view[top:top + crop, left:left + crop] * 255).astype(np.uint8))
-        zoom = zoom.resize((width, width), Image.NEAREST)
-        x = index * width
-        canvas.paste(full, (x, label))
-        canvas.paste(zoom, (x, 2 * label + height))
-        text = title if score is None else f"{title} {score[0]:.2f} dB / {score[1]:.3f}"
-        draw.text((x + 3, 2), text[:48], fill=255)
-        draw.text((x + 3, label + height + 2), "centre crop", fill=255)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
