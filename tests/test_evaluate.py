@@ -54,3 +54,22 @@ def test_evaluate_on_paired_files(tmp_path, small_ct, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["noise"] == "paired files"
     assert not report["rows"][0]["sigma_known"] and report["rows"][0]["sigma"] > 0
+
+
+def test_sweep_writes_a_row_per_level_and_method_and_a_plot(tmp_path, percentile_model, capsys):
+    out = tmp_path / "sweep"
+    levels = [0.02, 0.1, 0.3]
+    assert main(["evaluate", str(percentile_model), str(SAMPLES / "ct" / "test" / "chest_small.nii.gz"),
+                 "--sweep", "data.noise.sigma=[0.02, 0.1, 0.3]", "-o", str(out)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "baselines given the true noise level" in printed
+    report = json.loads((out / "sweep.json").read_text())
+    methods = {r["method"] for r in report["rows"]}
+    assert len(report["rows"]) == len(levels) * len(methods) and {r["level"] for r in report["rows"]} == set(levels)
+    noisy = [report["mean"]["identity (noisy)"][str(v)]["psnr"] for v in levels]
+    assert noisy[0] > noisy[1] > noisy[2]  # more noise, lower PSNR
+    assert (out / "sweep.csv").read_text().startswith("level,image,method")
+    with Image.open(out / "sweep.png") as plot:
+        assert plot.size == (760, 460)
+    assert main(["evaluate", str(percentile_model), str(SAMPLES / "ct" / "test"), "--sweep", "train.steps=[1]",
+                 "-o", str(tmp_path / "bad")]) == 2

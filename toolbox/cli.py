@@ -121,6 +121,14 @@ def cmd_evaluate(args) -> int:
     noise = parse_yaml(args.noise, "--noise") if args.noise else None
     if noise is not None and not isinstance(noise, dict):
         raise ToolboxError("--noise must be a YAML mapping like '{type: gaussian, sigma: 0.1}'")
+    if args.sweep:
+        from toolbox.sweep import sweep
+
+        if args.noisy:
+            raise ToolboxError("--sweep draws synthetic noise at each level; it does not take --noisy")
+        sweep(Path(args.model), args.data, _registry(), args.sweep, noise_spec=noise, out_dir=args.output,
+              device_name=args.device, seed=args.seed)
+        return 0
     evaluate(Path(args.model), args.data, _registry(), noisy_paths=args.noisy, noise_spec=noise,
              out_dir=args.output, device_name=args.device, seed=args.seed)
     return 0
@@ -212,6 +220,40 @@ def cmd_recipe_check(args) -> int:
     return 0
 
 
+def _yaml_mapping(text: str | None, flag: str, example: str):
+    from toolbox.recipe import parse_yaml
+
+    if text is None:
+        return None
+    value = parse_yaml(text, flag)
+    if not isinstance(value, dict):
+        raise ToolboxError(f"{flag} must be a YAML mapping like '{example}'")
+    return value
+
+
+def cmd_noise_simulate(args) -> int:
+    from pathlib import Path
+
+    from toolbox.noise_tools import simulate
+
+    _warn_failed_plugins()
+    noise = _yaml_mapping(args.noise, "--noise", "{type: low_dose_ct, I0: 2e4}")
+    normalize = _yaml_mapping(args.normalize, "--normalize", "{type: window, low: -1000, high: 1000}")
+    simulate([Path(p) for p in args.inputs], Path(args.output), noise, _registry(), normalize=normalize,
+             copies=args.copies, seed=args.seed, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_noise_estimate(args) -> int:
+    from pathlib import Path
+
+    from toolbox.noise_tools import estimate
+
+    normalize = _yaml_mapping(args.normalize, "--normalize", "{type: scale, high: 99.5}")
+    estimate([Path(p) for p in args.inputs], _registry(), model=args.model, normalize=normalize, offset=args.offset)
+    return 0
+
+
 def cmd_plugin_new(args) -> int:
     from pathlib import Path
 
@@ -260,6 +302,9 @@ def _add_evaluate(sub) -> None:
     evaluate.add_argument("--noisy", nargs="+", help="noisy counterparts (matched by file name)")
     evaluate.add_argument("--noise", help="synthetic noise instead, e.g. '{type: gaussian, sigma: 0.1}' "
                           "(default: the model's recipe)")
+    evaluate.add_argument("--sweep", metavar="data.noise.KEY=[V1,V2,...]",
+                          help="every level of one noise option: one table, a CSV and a plot "
+                               "(e.g. 'data.noise.sigma=[0.01,0.05,0.1]')")
     evaluate.add_argument("-o", "--output", help="report folder (default: RUN/evaluate-TIMESTAMP)")
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     evaluate.add_argument("--seed", type=int, default=12345, help="seed of the synthetic noise")
@@ -295,6 +340,29 @@ def _add_tools(sub) -> None:
     recipe.set_defaults(func=lambda args: (recipe.print_help(), 2)[1])
 
 
+def _add_noise(sub) -> None:
+    noise = sub.add_parser("noise", help="simulate noisy / clean pairs, or estimate an image's noise")
+    noise_sub = noise.add_subparsers(dest="noise_command", metavar="SUBCOMMAND")
+    simulate = noise_sub.add_parser("simulate", help="noisy copies of clean images, written as pairs")
+    simulate.add_argument("inputs", nargs="+", metavar="INPUT", help="clean files, DICOM series folders, folders")
+    simulate.add_argument("-o", "--output", required=True, help="folder for noisy/ and clean/")
+    simulate.add_argument("--noise", required=True, help="a noise model, e.g. '{type: low_dose_ct, I0: 2e4}'")
+    simulate.add_argument("--normalize", help="the units a non-physical model's level is in "
+                          "(default {type: percentile}); e.g. '{type: window, low: -1000, high: 1000}'")
+    simulate.add_argument("--copies", type=int, default=1, help="noisy copies per input")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--overwrite", action="store_true")
+    simulate.set_defaults(func=cmd_noise_simulate)
+    estimate = noise_sub.add_parser("estimate", help="estimate the noise of images; print a recipe snippet")
+    estimate.add_argument("inputs", nargs="+", metavar="IMAGE")
+    estimate.add_argument("--model", default="all", help="gaussian, poisson_gaussian, rician or all")
+    estimate.add_argument("--normalize", help="the recipe's data.normalize, for the snippet's units "
+                          "(default {type: percentile})")
+    estimate.add_argument("--offset", type=float, help="the camera's dark level, if known (gives the read noise)")
+    estimate.set_defaults(func=cmd_noise_estimate)
+    noise.set_defaults(func=lambda args: (noise.print_help(), 2)[1])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from toolbox.meta import __version__
 
@@ -303,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"toolbox {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_run, _add_denoise, _add_evaluate, _add_tools):
+    for add in (_add_run, _add_denoise, _add_evaluate, _add_noise, _add_tools):
         add(sub)
     return parser, sub
 
@@ -321,7 +389,7 @@ def main(argv=None) -> int:
         parser, sub = build_parser()
         # Plugin commands are added only when the command is not a built-in one, so that
         # `toolbox --help` and the built-ins stay fast and survive a broken plugin.
-        builtin = {"run", "denoise", "evaluate", "list", "plugins", "plugin", "recipe"}
+        builtin = {"run", "denoise", "evaluate", "noise", "list", "plugins", "plugin", "recipe"}
         first = next((a for a in argv if not a.startswith("-")), None)
         if first is not None and first not in builtin:
             _add_plugin_commands(sub)

@@ -79,7 +79,8 @@ def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None,
                                    f"differs from the clean {path} {clean.shape[1:]}")
             noisy = noisy_volume.array
         else:
-            noisy = noisy_in_units(noise, clean, reference, torch.Generator().manual_seed(seed + index))
+            noisy = noisy_in_units(noise, clean, reference, torch.Generator().manual_seed(seed + index),
+                                   volume.spacing, volume.slice_axis, where=path)
         clean, slice_axis = squeeze_spatial(clean.astype(np.float32), volume.slice_axis)
         noisy, _ = squeeze_spatial(noisy.astype(np.float32), volume.slice_axis)
         sigma = known * reference.scale if known is not None else estimate_noise_sigma(noisy)

@@ -48,3 +48,58 @@ def write_figure(path: Path, panels, slice_axis, display=None) -> None:
         draw.text((x + 3, label + height + 2), "centre crop", fill=255)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
+
+
+# Distinct on screen and in grey: (red, green, blue) per series, cycled.
+_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def write_line_plot(path: Path, xs: list[float], series: dict[str, list[float]], title: str, x_label: str,
+                    y_label: str) -> None:
+    """A line per series against ``xs`` (a log axis when they span more than 10x), with
+    markers, a legend and labelled ticks; drawn with Pillow (no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    width, height, left, right, top, bottom = 760, 460, 70, 220, 40, 60
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    log = min(xs) > 0 and max(xs) / min(xs) > 10
+    to_x = np.log10 if log else (lambda v: np.asarray(v, dtype=float))
+    x0, x1 = float(np.min(to_x(xs))), float(np.max(to_x(xs)))
+    values = [v for ys in series.values() for v in ys if np.isfinite(v)]
+    y0, y1 = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = 0.05 * (y1 - y0 or 1.0)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def point(x, y):
+        fx = (float(to_x(x)) - x0) / ((x1 - x0) or 1.0)
+        fy = (y - y0) / ((y1 - y0) or 1.0)
+        return left + fx * (width - left - right), height - bottom - fy * (height - top - bottom)
+
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for x in xs:
+        px, _ = point(x, y0)
+        draw.line([px, height - bottom, px, height - bottom + 5], fill="black")
+        draw.text((px - 12, height - bottom + 8), f"{x:g}", fill="black")
+    for fraction in np.linspace(0, 1, 6):
+        y = y0 + fraction * (y1 - y0)
+        _, py = point(xs[0], y)
+        draw.line([left - 5, py, left, py], fill="black")
+        draw.text((4, py - 6), f"{y:.3g}", fill="black")
+    for index, (name, ys) in enumerate(series.items()):
+        colour = _COLOURS[index % len(_COLOURS)]
+        points = [point(x, y) for x, y in zip(xs, ys) if np.isfinite(y)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for px, py in points:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+        ly = top + 16 * index
+        draw.line([width - right + 10, ly + 6, width - right + 30, ly + 6], fill=colour, width=3)
+        draw.text((width - right + 35, ly), name[:28], fill="black")
+    draw.text((left, 10), title[:100], fill="black")
+    draw.text((left + (width - left - right) // 2 - 60, height - 22),
+              x_label + (" (log scale)" if log else ""), fill="black")
+    draw.text((4, top - 18), y_label, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))

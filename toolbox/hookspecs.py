@@ -82,6 +82,15 @@ def register_noise_models(register):
     tensor ``(C, *spatial)`` in normalised units (the recipe's ``data.normalize``) and
     ``generator`` a ``torch.Generator`` that is the only source of randomness, so that a
     seed reproduces the noise exactly.
+
+    A model defined in the images' own units (a calibrated camera in ADU) sets
+    ``units = "native"``: it gets ``clean`` in those units (training maps each patch back
+    with its image's normaliser).  A model whose noise depends on the whole image and its physical units (low-dose CT:
+    photon counts along every ray through the body) sets ``whole_image = True``; it is then
+    called ``noise(image, generator, spacing=..., slice_axis=...)`` with the whole image in
+    its own units (HU for CT), ``spacing`` in mm per spatial axis (None when the file has
+    none) and the axis 3D volumes are sliced along.  Training draws ``data.noise_copies``
+    noisy copies of each training image once, at the start, and trains on them as pairs.
     """
 
 

@@ -24,6 +24,7 @@ BUILTIN_PLUGINS = (
     "toolbox_plugins.losses",
     "toolbox_plugins.optimizers",
     "toolbox_plugins.noise",
+    "toolbox_plugins.lowdose",
     "toolbox_plugins.readers",
     "toolbox_plugins.formats",
     "toolbox_plugins.schemes",

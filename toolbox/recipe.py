@@ -108,6 +108,8 @@ SCHEMA = Section(
                 ),
                 "patch_size": Value((list,), required=True),
                 "noise": Part("noise_models"),
+                "noise_copies": Value((int,), default=4,
+                                      help="whole-image noise (low_dose_ct): noisy copies per training image"),
                 "reader": Part("readers"),
                 "augment": Value((bool,), default=True),
                 "val_seed": Value((int,), default=12345),
@@ -342,6 +344,9 @@ def _check_data(section: dict, source: str) -> None:
             "synthetic pairs need a noise model, e.g. {type: gaussian, sigma: 0.1}",
             source, "data.noise",
         )
+    if has_paired and not section["paired"].get("val_noisy") and section.get("val") and section.get("noise") is None:
+        raise RecipeError("held-out images (data.val) without noisy counterparts (data.paired.val_noisy) "
+                          "need a noise model to score on", source, "data.noise")
     norm = section["normalize"]
     if norm.get("type") == "window" and (norm.get("low") is None or norm.get("high") is None):
         raise RecipeError("a window needs low and high", source, "data.normalize")

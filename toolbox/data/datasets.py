@@ -12,6 +12,7 @@ instead.  A 2D recipe may train on 3D volumes: they contribute their slices.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 
 from toolbox.data.normalize import Normalizer, data_range, describe_range, fit_normalizer
 from toolbox.data.readers import read_image
-from toolbox.data.volumes import Volume, expand_inputs, formats_of, read_volume, squeeze_spatial
+from toolbox.data.volumes import Volume, expand_inputs, formats_of, read_volume, squeeze_spacing, squeeze_spatial
 from toolbox.errors import ToolboxError
 
 
@@ -65,7 +66,7 @@ class PatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, clean, patch_size, seed, noise=None, noisy=None, augment=True, length=None,
-                 context: int = 1):
+                 context: int = 1, normalizers=None):
         # Normalised float32 arrays (C, *spatial); for 2.5D (context > 1) volumes (C, S, H, W)
         # with the slice axis first, giving a stack of `context` slices around a middle one.
         self.context = context
@@ -74,6 +75,9 @@ class PatchDataset(torch.utils.data.Dataset):
         self.patch_size = tuple(patch_size)
         self.seed = seed
         self.noise = noise
+        # A noise model in the images' own units (a calibrated camera) gets each patch mapped
+        # back to them with its image's normaliser.
+        self.normalizers = normalizers if in_units(noise) else None
         self.augment = augment
         sizes = np.array([float(np.prod(a.shape[1:])) for a in clean])
         self.weights = sizes / sizes.sum()  # large images give proportionally more patches
@@ -111,7 +115,10 @@ class PatchDataset(torch.utils.data.Dataset):
                 clean = np.rot90(clean, turns, axes=(-2, -1))
                 noisy = np.rot90(noisy, turns, axes=(-2, -1)) if noisy is not None else None
         stack = torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32))
-        if noisy is None:
+        if noisy is None and self.normalizers is not None:
+            normalizer = self.normalizers[which]
+            source = normalizer.forward(self.noise(normalizer.inverse(stack), noise_generator)).float()
+        elif noisy is None:
             source = self.noise(stack, noise_generator).float()
         else:
             source = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32))
@@ -138,13 +145,14 @@ class Loaded:
     slice_axis: int | None
     path: Path
     volume: Volume | None
+    spacing: tuple | None = None  # mm per axis of ``array``
 
 
 def _load(path: Path, data: dict, reader, formats) -> Loaded:
     dims, channels = data["spatial_dims"], data["channels"]
     if reader is not None:  # an explicitly named MONAI reader
         image = read_image(path, dims, channels, reader)
-        return Loaded(image.array, None, path, None)
+        return Loaded(image.array, None, path, None, _monai_spacing(image.meta, image.array.ndim - 1))
     volume = read_volume(path, formats, channels=channels)
     if volume.array.shape[0] != channels:
         raise ToolboxError(f"{path}: has {volume.array.shape[0]} channels, the recipe expects "
@@ -154,7 +162,16 @@ def _load(path: Path, data: dict, reader, formats) -> Loaded:
     if array.ndim - 1 < dims or (dims == 3 and array.ndim - 1 != 3):
         raise ToolboxError(f"{path}: has shape {volume.array.shape[1:]}; a {dims}D recipe needs "
                            f"{dims} spatial axes")
-    return Loaded(array, slice_axis, path, volume)
+    return Loaded(array, slice_axis, path, volume, squeeze_spacing(volume.image_values(), volume.spacing, dims))
+
+
+def _monai_spacing(meta: dict, dims: int) -> tuple | None:
+    spacing = meta.get("pixdim", meta.get("spacing"))
+    if spacing is None:
+        return None
+    values = [float(v) for v in np.asarray(spacing).ravel()]
+    values = values[1:] if len(values) == 8 else values  # NIfTI pixdim[0] is the qfac
+    return tuple(values[:dims]) if len(values) >= dims else None
 
 
 def _training_images(loaded: Loaded, dims: int, context: int = 1) -> list[np.ndarray]:
@@ -184,31 +201,41 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
     norm_spec = data["normalize"]
 
     paired = data.get("paired") or {}
+    noisy_train, noisy_val = None, None
     if paired:
         noisy_train, clean_train = _read_paired(paired, "train", data, reader, formats)
-        noisy_val, clean_val = (
-            _read_paired(paired, "val", data, reader, formats) if paired.get("val_noisy") else ([], [])
-        )
     else:
         clean_train = [_load(p, data, reader, formats) for p in expand_inputs(data["train"], formats)]
+    if paired.get("val_noisy"):
+        noisy_val, clean_val = _read_paired(paired, "val", data, reader, formats)
+    else:  # held-out clean images, given synthetic noise
         clean_val = ([_load(p, data, reader, formats) for p in expand_inputs(data["val"], formats)]
                      if data.get("val") else [])
-        noisy_train, noisy_val = None, None
 
-    train_arrays, train_noisy = [], ([] if noisy_train is not None else None)
+    if noise is not None and is_whole_image(noise) and noisy_train is None:
+        # Whole-image noise (low-dose CT) is too slow to draw per patch: draw noisy copies of
+        # every training image once, each from its own seed, and train on them as pairs.
+        copies = int(data["noise_copies"])
+        noisy_train = [dataclasses.replace(loaded, array=noisy_in_units(
+            noise, loaded.array, None, torch.Generator().manual_seed(seed * 1_000_003 + index * 1009 + copy),
+            loaded.spacing, loaded.slice_axis, where=loaded.path)) for index, loaded in enumerate(clean_train)
+            for copy in range(copies)]
+        clean_train = [loaded for loaded in clean_train for _ in range(copies)]
+    train_arrays, train_noisy, normalizers = [], ([] if noisy_train is not None else None), []
     for index, loaded in enumerate(clean_train):
         # Paired data: normalise both with the noisy image's statistics, as at inference.
         reference = noisy_train[index].array if noisy_train is not None else loaded.array
         normalizer = fit_normalizer(norm_spec, reference)
-        train_arrays.extend(normalizer.forward(a).astype(np.float32)
-                            for a in _training_images(loaded, dims, context))
+        images = _training_images(loaded, dims, context)
+        train_arrays.extend(normalizer.forward(a).astype(np.float32) for a in images)
+        normalizers.extend(normalizer for _ in images)
         if noisy_train is not None:
             train_noisy.extend(normalizer.forward(a).astype(np.float32)
                                for a in _training_images(noisy_train[index], dims, context))
     if not train_arrays:
         raise ToolboxError(f"{source}: no training images (data.train)")
     train = PatchDataset(train_arrays, data["patch_size"], seed, noise, train_noisy, data["augment"],
-                         context=context)
+                         context=context, normalizers=normalizers)
 
     held_out = []
     for index, loaded in enumerate(clean_val):
@@ -218,17 +245,39 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
             noisy = noisy_val[index].array.astype(np.float32)
         else:
             generator = torch.Generator().manual_seed(int(data["val_seed"]) + index)
-            noisy = noisy_in_units(noise, clean, display, generator)
+            noisy = noisy_in_units(noise, clean, display, generator, loaded.spacing, loaded.slice_axis,
+                                   where=loaded.path)
         held_out.append(HeldOut(loaded.path.name, clean, noisy, data_range(norm_spec, clean), display,
                                 loaded.slice_axis, loaded.volume))
     note = describe_range(norm_spec)
     return DataBundle(train, held_out, dims, data["channels"], note, formats)
 
 
-def noisy_in_units(noise, clean: np.ndarray, normalizer: Normalizer, generator: torch.Generator) -> np.ndarray:
-    """A synthetic noisy copy of ``clean`` (in its own units): the noise level is defined in
-    normalised units, as in training, so the noise is added to the normalised clean image and
-    the result mapped back to the image's units."""
+def in_units(noise) -> bool:
+    """A noise model that takes values in the images' own units (``units = "native"``)."""
+    return getattr(noise, "units", None) == "native" or is_whole_image(noise)
+
+
+def is_whole_image(noise) -> bool:
+    """A noise model that acts on whole images in their own units (``whole_image = True``)."""
+    return bool(getattr(noise, "whole_image", False))
+
+
+def noisy_in_units(noise, clean: np.ndarray, normalizer: Normalizer | None, generator: torch.Generator,
+                   spacing=None, slice_axis: int | None = None, where="image") -> np.ndarray:
+    """A synthetic noisy copy of ``clean`` (in its own units).  A whole-image model gets the
+    image in its units with its spacing; for the others the noise level is defined in
+    normalised units, as in training, so the noise is added to the normalised clean image
+    and the result mapped back to the image's units."""
+    if is_whole_image(noise):
+        try:
+            noisy = noise(torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32)), generator,
+                          spacing=spacing, slice_axis=slice_axis)
+        except ValueError as error:
+            raise ToolboxError(f"{where}: {error}") from error
+        return noisy.float().numpy()
+    if in_units(noise):
+        return noise(torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32)), generator).float().numpy()
     normalised = torch.from_numpy(normalizer.forward(clean).astype(np.float32))
     return normalizer.inverse(noise(normalised, generator).float().numpy()).astype(np.float32)
 

@@ -36,6 +36,7 @@ class Volume:
     meta: dict = field(default_factory=dict)
     name: str = ""  # short name for tables and output files
     padding: np.ndarray | None = None  # True where the file marks a voxel as padding, not image
+    spacing: tuple | None = None  # mm per spatial axis of ``array``, when the file says
 
     def image_values(self) -> np.ndarray:
         """``array`` with padding voxels (DICOM PixelPaddingValue: the scanner's fill outside
@@ -56,11 +57,26 @@ class Volume:
         return self.array.ndim - 1
 
 
+def squeeze_spacing(array: np.ndarray, spacing, min_axes: int = 2):
+    """``spacing`` of the axes ``squeeze_spatial`` keeps (None stays None)."""
+    if spacing is None:
+        return None
+    return tuple(spacing[a - 1] for a in _kept_axes(array, min_axes))
+
+
 def squeeze_spatial(array: np.ndarray, slice_axis: int | None, min_axes: int = 2):
     """Drop singleton spatial axes (a 2D slice stored as (X, Y, 1)), keeping ``min_axes``.
 
     Returns the squeezed array and where ``slice_axis`` went (None if it was dropped).
     """
+    keep = _kept_axes(array, min_axes)
+    squeezed = array.reshape([array.shape[0]] + [array.shape[a] for a in keep])
+    if slice_axis is not None:
+        slice_axis = keep.index(slice_axis + 1) if slice_axis + 1 in keep else None
+    return squeezed, slice_axis
+
+
+def _kept_axes(array: np.ndarray, min_axes: int) -> list[int]:
     spatial = list(range(1, array.ndim))
     keep = [a for a in spatial if array.shape[a] > 1]
     for axis in spatial:  # too few left: keep singletons from the front
@@ -68,11 +84,7 @@ def squeeze_spatial(array: np.ndarray, slice_axis: int | None, min_axes: int = 2
             break
         if axis not in keep:
             keep.append(axis)
-    keep.sort()
-    squeezed = array.reshape([array.shape[0]] + [array.shape[a] for a in keep])
-    if slice_axis is not None:
-        slice_axis = keep.index(slice_axis + 1) if slice_axis + 1 in keep else None
-    return squeezed, slice_axis
+    return sorted(keep)
 
 
 def dtype_range(dtype: np.dtype) -> tuple[float, float]:

@@ -215,8 +215,22 @@ def read_dicom(path: Path, series: str | None = None) -> Volume:
         stored_dtype=dtype, value_range=value_range,
         slice_axis=0 if units.ndim == 4 else None,
         meta={"headers": headers, "multiframe": frames > 1},
-        name=path.name, padding=padding,
+        name=path.name, padding=padding, spacing=_spacing(headers, units.ndim - 1),
     )
+
+
+def _spacing(headers: list, dims: int) -> tuple | None:
+    """mm per axis of the array: (rows, columns), after the slice gap for a volume."""
+    first = headers[0]
+    if "PixelSpacing" not in first:
+        return None
+    in_plane = tuple(float(v) for v in first.PixelSpacing)
+    if dims == 2:
+        return in_plane
+    positions = [_slice_position(h) for h in headers]
+    gap = float(np.median(np.abs(np.diff(positions)))) if len(positions) > 1 else 0.0
+    gap = gap or float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
+    return (gap, *in_plane)
 
 
 def _derived_image_type(value) -> list[str]:

@@ -30,7 +30,7 @@ def read_itk(path: Path) -> Volume:
         value_range=dtype_range(data.dtype), slice_axis=0 if array.ndim == 4 else None,
         meta={"spacing": tuple(image.GetSpacing()), "origin": tuple(image.GetOrigin()),
               "direction": np.array(image.GetDirection())},
-        name=path.name,
+        name=path.name, spacing=tuple(float(s) for s in reversed(tuple(image.GetSpacing()))),  # array is (z, y, x)
     )
 
 

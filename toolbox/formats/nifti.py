@@ -49,7 +49,7 @@ def read_nifti(path: Path, channels: int | None = None) -> Volume:
         array=np.ascontiguousarray(data), path=path, format="nifti", stored_dtype=np.dtype(dtype),
         value_range=(low, high), slice_axis=2 if data.ndim == 4 else None,
         meta={"affine": image.affine, "header": image.header, "scaling": (slope, inter)},
-        name=path.name,
+        name=path.name, spacing=tuple(float(z) for z in image.header.get_zooms()[: data.ndim - 1]),
     )
 
 
