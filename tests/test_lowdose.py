@@ -104,11 +104,3 @@ def test_a_recipe_trains_on_low_dose_ct(small_ct, tmp_path):
     assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "eval.json").is_file()
 
-
-def test_the_low_dose_recipe_runs(tmp_path):
-    """recipes/lowdose_ct.yaml on the bundled CT slices (their own pixel spacing), 2 steps."""
-    from conftest import ROOT
-    from toolbox.cli import main
-
-    assert main(["run", str(ROOT / "recipes" / "lowdose_ct.yaml"), "--profile", "quick",
-                 "--out", str(tmp_path / "run")]) == 0

@@ -28,6 +28,7 @@ BUILTIN_PLUGINS = (
     "toolbox_plugins.readers",
     "toolbox_plugins.formats",
     "toolbox_plugins.schemes",
+    "toolbox_plugins.self_supervised",
 )
 
 HOOK_NAMES = {name for name in dir(hookspecs) if name.startswith("register_")}

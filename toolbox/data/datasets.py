@@ -66,7 +66,7 @@ class PatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, clean, patch_size, seed, noise=None, noisy=None, augment=True, length=None,
-                 context: int = 1, normalizers=None):
+                 context: int = 1, normalizers=None, noisy_target: bool = False):
         # Normalised float32 arrays (C, *spatial); for 2.5D (context > 1) volumes (C, S, H, W)
         # with the slice axis first, giving a stack of `context` slices around a middle one.
         self.context = context
@@ -79,9 +79,16 @@ class PatchDataset(torch.utils.data.Dataset):
         # back to them with its image's normaliser.
         self.normalizers = normalizers if in_units(noise) else None
         self.augment = augment
+        self.noisy_target = noisy_target  # Noise2Noise on synthetic data: a second, independent draw
         sizes = np.array([float(np.prod(a.shape[1:])) for a in clean])
         self.weights = sizes / sizes.sum()  # large images give proportionally more patches
         self.length = length or 2**31 - 1
+
+    def _noisy(self, stack: torch.Tensor, which: int, generator: torch.Generator) -> torch.Tensor:
+        if self.normalizers is None:
+            return self.noise(stack, generator).float()
+        normalizer = self.normalizers[which]
+        return normalizer.forward(self.noise(normalizer.inverse(stack), generator)).float()
 
     def __len__(self) -> int:
         return self.length
@@ -115,11 +122,10 @@ class PatchDataset(torch.utils.data.Dataset):
                 clean = np.rot90(clean, turns, axes=(-2, -1))
                 noisy = np.rot90(noisy, turns, axes=(-2, -1)) if noisy is not None else None
         stack = torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32))
-        if noisy is None and self.normalizers is not None:
-            normalizer = self.normalizers[which]
-            source = normalizer.forward(self.noise(normalizer.inverse(stack), noise_generator)).float()
-        elif noisy is None:
-            source = self.noise(stack, noise_generator).float()
+        if noisy is None:
+            source = self._noisy(stack, which, noise_generator)
+            if self.noisy_target:  # the same patch again, with independent noise
+                stack = self._noisy(stack, which, noise_generator)
         else:
             source = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32))
         if self.context > 1:  # (C, k, h, w) -> input (C*k, h, w), target the middle (C, h, w)
@@ -222,6 +228,9 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
             for copy in range(copies)]
         clean_train = [loaded for loaded in clean_train for _ in range(copies)]
     train_arrays, train_noisy, normalizers = [], ([] if noisy_train is not None else None), []
+    if data["frame_pairs"]:  # Noise2Noise on a time series: frame t in, frame t + 1 as the target
+        train_arrays, train_noisy, normalizers = _frame_pairs(clean_train, norm_spec, dims)
+        clean_train = []
     for index, loaded in enumerate(clean_train):
         # Paired data: normalise both with the noisy image's statistics, as at inference.
         reference = noisy_train[index].array if noisy_train is not None else loaded.array
@@ -235,7 +244,7 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
     if not train_arrays:
         raise ToolboxError(f"{source}: no training images (data.train)")
     train = PatchDataset(train_arrays, data["patch_size"], seed, noise, train_noisy, data["augment"],
-                         context=context, normalizers=normalizers)
+                         context=context, normalizers=normalizers, noisy_target=data["target"] == "noisy_copy")
 
     held_out = []
     for index, loaded in enumerate(clean_val):
@@ -261,6 +270,21 @@ def in_units(noise) -> bool:
 def is_whole_image(noise) -> bool:
     """A noise model that acts on whole images in their own units (``whole_image = True``)."""
     return bool(getattr(noise, "whole_image", False))
+
+
+def _frame_pairs(stacks: list[Loaded], norm_spec: dict, dims: int):
+    """(targets, inputs, normalisers): frame t + 1 and frame t of every stack, normalised
+    together (both are noisy acquisitions of the same scene)."""
+    targets, inputs, normalizers = [], [], []
+    for loaded in stacks:
+        frames = _training_images(loaded, dims)
+        if len(frames) < 2:
+            raise ToolboxError(f"{loaded.path}: data.frame_pairs needs a stack of at least 2 frames")
+        normalizer = fit_normalizer(norm_spec, loaded.array)
+        inputs += [normalizer.forward(f).astype(np.float32) for f in frames[:-1]]
+        targets += [normalizer.forward(f).astype(np.float32) for f in frames[1:]]
+        normalizers += [normalizer] * (len(frames) - 1)
+    return targets, inputs, normalizers
 
 
 def noisy_in_units(noise, clean: np.ndarray, normalizer: Normalizer | None, generator: torch.Generator,
