@@ -87,6 +87,16 @@ class RicianNoise:
         return torch.sqrt(real**2 + imag**2)
 
 
+class AlreadyNoisy:
+    """No noise added: the training images are noisy already (real acquisitions), for
+    schemes that learn without clean targets (``noise2void``; ``noise2noise`` with pairs)."""
+
+    identity = True  # the contract check expects the image back unchanged
+
+    def __call__(self, clean, generator):
+        return clean.clone()
+
+
 class CameraNoise:
     """A calibrated camera or detector, in the image's own units (ADU): ``gain`` ADU per
     photo-electron, ``offset`` (the dark level), read noise ``read_sd`` (ADU), values
@@ -127,5 +137,6 @@ def register_noise_models(register):
     register("poisson", PoissonNoise)
     register("poisson_gaussian", PoissonGaussianNoise)
     register("rician", RicianNoise)
+    register("none", AlreadyNoisy, aliases=("already_noisy",))
     register("camera", CameraNoise, aliases=("calibrated_poisson_gaussian",),
              example={"gain": 0.01, "offset": 0.1, "read_sd": 0.01, "quantize": False})

@@ -122,3 +122,26 @@ def test_noise2noise_with_a_second_noise_draw(tmp_path, small_ct):
     difference = sample["target"] - sample["input"]
     # Two independent draws at sigma 0.1: their difference has sigma 0.1 * sqrt(2).
     assert float(difference.std()) == pytest.approx(0.1 * np.sqrt(2), rel=0.15)
+
+
+def test_noise2void_on_real_noisy_images_scored_against_paired_references(small_ct, tmp_path, plugin_for_one_test):
+    """What a user without clean training images has: noisy images to train on (noise
+    `none`), and a few noisy / clean pairs to score on."""
+    noisy_train, val_noisy = tmp_path / "noisy", tmp_path / "val_noisy"
+    noisy_train.mkdir(), val_noisy.mkdir()
+    rng = np.random.default_rng(0)
+    for folder, source in ((noisy_train, small_ct / "train"), (val_noisy, small_ct / "val")):
+        for path in sorted(source.iterdir()):
+            image = nib.load(str(path))
+            data = np.asarray(image.dataobj).astype(np.float32) + rng.normal(0, 60, image.shape).astype(np.float32)
+            nib.save(nib.Nifti1Image(data, image.affine), str(folder / path.name))
+    recipe = tiny_recipe(small_ct, scheme={"type": "noise2void"}, losses={},
+                         generator={"type": "unet", "features": [4, 4, 4, 4, 4, 4], "residual": False})
+    recipe.pop("discriminator")
+    recipe["optimizers"].pop("discriminator")
+    recipe["data"].update(train=str(noisy_train), noise={"type": "none"},
+                          paired={"val_noisy": str(val_noisy), "val_clean": str(small_ct / "val")})
+    recipe["data"].pop("val")
+    assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(tmp_path / "run")]) == 0
+    report = __import__("json").loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["mean"]["psnr_noisy"] < 40  # scored on the real noisy image, not on a copy of the clean one

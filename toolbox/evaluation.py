@@ -130,7 +130,7 @@ def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_sp
               "units": "the images' own units, whole image, unclipped",
               "noise": "paired files" if noisy_paths else (noise_spec or model.recipe["data"]["noise"]),
               "rows": rows, "mean": mean, "figures": [str(f) for f in figures]}
-    _write_reports(out_dir, report)
+    write_reports(out_dir, report)
     print_table(report, methods, console)
     console.print(f"wrote {out_dir / 'report.json'}, {out_dir / 'report.csv'} and {len(figures)} figure(s)")
     return report
@@ -170,14 +170,15 @@ def _score_case(model, case: Case, device, out_dir: Path) -> tuple[list[dict], P
     return rows, figure
 
 
-def _write_reports(out_dir: Path, report: dict) -> None:
-    atomic_write(out_dir / "report.json",
+def write_reports(out_dir: Path, report: dict, stem: str = "report") -> None:
+    """``STEM.json`` (the whole report) and ``STEM.csv`` (its rows), written atomically."""
+    atomic_write(out_dir / f"{stem}.json",
                  lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8"))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(report["rows"][0]))
     writer.writeheader()
     writer.writerows(report["rows"])
-    atomic_write(out_dir / "report.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    atomic_write(out_dir / f"{stem}.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
 
 
 def print_table(report: dict, methods: list[str], console) -> None:

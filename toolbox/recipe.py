@@ -340,15 +340,15 @@ def _check_data(section: dict, source: str) -> None:
     if context > 1 and dims != 2:
         raise RecipeError("2.5D stacks need spatial_dims: 2 (slices of 3D volumes)", source,
                           "data.context_slices")
-    has_paired = bool(section.get("paired"))
+    has_paired = bool((section.get("paired") or {}).get("train_noisy"))
     if not has_paired and not section.get("train"):
-        raise RecipeError("give data.train (clean images) or data.paired", source, "data")
+        raise RecipeError("give data.train (clean images) or data.paired.train_noisy / train_clean", source, "data")
     if not has_paired and section.get("noise") is None:
         raise RecipeError(
             "synthetic pairs need a noise model, e.g. {type: gaussian, sigma: 0.1}",
             source, "data.noise",
         )
-    if has_paired and not section["paired"].get("val_noisy") and section.get("val") and section.get("noise") is None:
+    if not (section.get("paired") or {}).get("val_noisy") and section.get("val") and section.get("noise") is None:
         raise RecipeError("held-out images (data.val) without noisy counterparts (data.paired.val_noisy) "
                           "need a noise model to score on", source, "data.noise")
     norm = section["normalize"]

@@ -9,14 +9,10 @@ the noisy image otherwise (the table says which).
 from __future__ import annotations
 
 import copy
-import csv
-import io
-import json
 from pathlib import Path
 
 import numpy as np
 
-from toolbox.checkpoint import atomic_write
 from toolbox.errors import ToolboxError
 
 
@@ -89,15 +85,10 @@ def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=N
 
 
 def _write(out_dir: Path, report: dict, methods: list[str]) -> None:
+    from toolbox.evaluation import write_reports
     from toolbox.figures import write_line_plot
 
-    atomic_write(out_dir / "sweep.json",
-                 lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8"))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(report["rows"][0]))
-    writer.writeheader()
-    writer.writerows(report["rows"])
-    atomic_write(out_dir / "sweep.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    write_reports(out_dir, report, "sweep")
     levels = [float(v) for v in report["levels"]]
     for metric in ("psnr", "ssim"):
         series = {m: [report["mean"][m][str(v)][metric] for v in report["levels"]] for m in methods}

@@ -208,7 +208,7 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
 
     paired = data.get("paired") or {}
     noisy_train, noisy_val = None, None
-    if paired:
+    if paired.get("train_noisy"):
         noisy_train, clean_train = _read_paired(paired, "train", data, reader, formats)
     else:
         clean_train = [_load(p, data, reader, formats) for p in expand_inputs(data["train"], formats)]

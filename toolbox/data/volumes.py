@@ -163,7 +163,7 @@ class ImageFormat:
         return False
 
     def read(self, path: Path, series: str | None = None, channels: int | None = None) -> Volume:
-        raise NotImplementedError
+        raise NotImplementedError(f"the format {self.name or type(self).__name__} must implement read()")
 
     def write(self, volume: Volume, units: np.ndarray, output: Path, description: str, overwrite: bool) -> None:
         raise ToolboxError(f"{output}: {self.name} images cannot be written; write to another format")
