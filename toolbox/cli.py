@@ -18,6 +18,15 @@ from toolbox.registry import KINDS  # noqa: E402 - light: no torch, no plugins
 KIND_NAMES = tuple(KINDS)
 
 
+def _yaml_mapping(text: str | None, flag: str, example: str):
+    from toolbox.recipe import parse_yaml
+
+    value = parse_yaml(text, flag) if text is not None else None
+    if value is not None and not isinstance(value, dict):
+        raise ToolboxError(f"{flag} must be a YAML mapping like '{example}'")
+    return value
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -39,6 +48,8 @@ def _warn_failed_plugins() -> None:
 
 
 def cmd_run(args) -> int:
+    from toolbox.launch import relaunch_with_torchrun
+
     from pathlib import Path
 
     from toolbox.distributed import shutdown
@@ -58,7 +69,7 @@ def cmd_run(args) -> int:
             raise ToolboxError("give a recipe, or --resume RUN_DIR")
         recipe = load_recipe(args.recipe, args.overrides, registry=_registry(), profile=args.profile)
     if args.nproc > 1:
-        return _relaunch_with_torchrun(args.nproc, args.argv)
+        return relaunch_with_torchrun(args.nproc, args.argv)
     try:
         run_dir, report = run_training(recipe, _registry(), args.out, resume=Path(args.resume) if args.resume else None)
     finally:
@@ -69,37 +80,16 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
-    """``toolbox run --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m toolbox run ...``
-    (the recipe was checked here first, so that a recipe error is one line, not N)."""
-    import subprocess
-
-    if os.environ.get("WORLD_SIZE", "1") != "1":
-        raise ToolboxError("--nproc inside torchrun: give one or the other")
-    rest, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            rest.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "toolbox", *rest]
-    # torchrun would give each rank one thread; share the cores out instead.
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(command, env=env)
-
-
 def cmd_denoise(args) -> int:
+    from toolbox.launch import relaunch_with_torchrun
+
     from pathlib import Path
 
     from toolbox.denoise import denoise_inputs
 
     _warn_failed_plugins()
     if args.nproc > 1:
-        return _relaunch_with_torchrun(args.nproc, args.argv)
+        return relaunch_with_torchrun(args.nproc, args.argv)
     from toolbox.distributed import shutdown
 
     try:
@@ -115,12 +105,9 @@ def cmd_evaluate(args) -> int:
     from pathlib import Path
 
     from toolbox.evaluation import evaluate
-    from toolbox.recipe import parse_yaml
 
     _warn_failed_plugins()
-    noise = parse_yaml(args.noise, "--noise") if args.noise else None
-    if noise is not None and not isinstance(noise, dict):
-        raise ToolboxError("--noise must be a YAML mapping like '{type: gaussian, sigma: 0.1}'")
+    noise = _yaml_mapping(args.noise, "--noise", "{type: gaussian, sigma: 0.1}")
     if args.sweep:
         from toolbox.sweep import sweep
 
@@ -218,17 +205,6 @@ def cmd_recipe_check(args) -> int:
                            for k, m in scheme.modules().items())
         print(f"OK {path}: scheme {recipe['scheme']['type']}; {counts}")
     return 0
-
-
-def _yaml_mapping(text: str | None, flag: str, example: str):
-    from toolbox.recipe import parse_yaml
-
-    if text is None:
-        return None
-    value = parse_yaml(text, flag)
-    if not isinstance(value, dict):
-        raise ToolboxError(f"{flag} must be a YAML mapping like '{example}'")
-    return value
 
 
 def cmd_noise_simulate(args) -> int:

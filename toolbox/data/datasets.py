@@ -219,14 +219,7 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
                      if data.get("val") else [])
 
     if noise is not None and is_whole_image(noise) and noisy_train is None:
-        # Whole-image noise (low-dose CT) is too slow to draw per patch: draw noisy copies of
-        # every training image once, each from its own seed, and train on them as pairs.
-        copies = int(data["noise_copies"])
-        noisy_train = [dataclasses.replace(loaded, array=noisy_in_units(
-            noise, loaded.array, None, torch.Generator().manual_seed(seed * 1_000_003 + index * 1009 + copy),
-            loaded.spacing, loaded.slice_axis, where=loaded.path)) for index, loaded in enumerate(clean_train)
-            for copy in range(copies)]
-        clean_train = [loaded for loaded in clean_train for _ in range(copies)]
+        noisy_train, clean_train = _whole_image_copies(noise, clean_train, int(data["noise_copies"]), seed)
     train_arrays, train_noisy, normalizers = [], ([] if noisy_train is not None else None), []
     if data["frame_pairs"]:  # Noise2Noise on a time series: frame t in, frame t + 1 as the target
         train_arrays, train_noisy, normalizers = _frame_pairs(clean_train, norm_spec, dims)
@@ -270,6 +263,16 @@ def in_units(noise) -> bool:
 def is_whole_image(noise) -> bool:
     """A noise model that acts on whole images in their own units (``whole_image = True``)."""
     return bool(getattr(noise, "whole_image", False))
+
+
+def _whole_image_copies(noise, images: list[Loaded], copies: int, seed: int):
+    """(noisy, clean) lists: whole-image noise (low-dose CT) is too slow to draw per patch,
+    so every training image gets ``copies`` noisy copies once, each from its own seed."""
+    noisy = [dataclasses.replace(loaded, array=noisy_in_units(
+        noise, loaded.array, None, torch.Generator().manual_seed(seed * 1_000_003 + index * 1009 + copy),
+        loaded.spacing, loaded.slice_axis, where=loaded.path)) for index, loaded in enumerate(images)
+        for copy in range(copies)]
+    return noisy, [loaded for loaded in images for _ in range(copies)]
 
 
 def _frame_pairs(stacks: list[Loaded], norm_spec: dict, dims: int):
