@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,7 @@ def estimate_poisson_gaussian(image: np.ndarray, block: int = 8, offset: float |
     return estimate
 
 
+@lru_cache(maxsize=8)
 def _quiet_half_median_ratio(samples: int) -> float:
     """E[median of the lower half of block variances] / true variance, for Gaussian blocks of
     ``samples`` pixels: the 25th percentile of a scaled chi-square (simulated once)."""

@@ -9,6 +9,7 @@ the noisy image otherwise (the table says which).
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,8 @@ def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=N
     base = noise_spec or model.recipe["data"].get("noise")
     if not base:
         raise ToolboxError("give --noise (the model's recipe has no noise model to sweep)")
-    out_dir = Path(out_dir or (Path(model_path) if Path(model_path).is_dir() else Path(".")) / "sweep")
+    base_dir = Path(model_path) if Path(model_path).is_dir() else Path(".")
+    out_dir = Path(out_dir or base_dir / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ToolboxError(f"{out_dir}: exists and is not empty; pick another -o")
     name = ".".join(keys)

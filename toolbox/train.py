@@ -7,6 +7,7 @@ scoring and the final report ``toolbox.report``'s.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -205,7 +206,7 @@ class LossLog:
         terms = mean_over_ranks({k: float(v) for k, v in self.latest.items()})
         running = mean_over_ranks({k: float(v) for k, v in self.running.items()})
         for key in terms:
-            if not (torch.isfinite(torch.tensor(terms[key])) and torch.isfinite(torch.tensor(running[key]))):
+            if not (math.isfinite(terms[key]) and math.isfinite(running[key])):
                 raise ToolboxError(f"training diverged at step {step}: {key} = {terms[key]}; lower the "
                                    "learning rate or check the data normalisation")
         return terms

@@ -14,6 +14,7 @@ along which a 2D model is applied slice by slice.
 
 from __future__ import annotations
 
+import abc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,7 @@ def file_starts_with(path: Path, *signatures: bytes, offset: int = 0) -> bool:
     return any(start.startswith(s) for s in signatures)
 
 
-class ImageFormat:
+class ImageFormat(abc.ABC):
     """A file format ``toolbox`` reads and writes back (hook ``register_formats``).
 
     ``suffixes``: lower-case name endings it claims (``(".nii.gz", ".nii")``).  ``sniff``
@@ -162,8 +163,9 @@ class ImageFormat:
     def sniff(self, path: Path) -> bool:
         return False
 
+    @abc.abstractmethod
     def read(self, path: Path, series: str | None = None, channels: int | None = None) -> Volume:
-        raise NotImplementedError(f"the format {self.name or type(self).__name__} must implement read()")
+        """The image at ``path`` (a file, or a folder for series formats)."""
 
     def write(self, volume: Volume, units: np.ndarray, output: Path, description: str, overwrite: bool) -> None:
         raise ToolboxError(f"{output}: {self.name} images cannot be written; write to another format")
