@@ -55,7 +55,10 @@ FORMAT = 2
 
 
 def generator_weights(payload: dict) -> dict:
-    """The generator's state dict from a checkpoint of either format."""
+    """The generator's state dict from a checkpoint of either format: the average of its
+    weights when the run kept one (``train.ema``), which is what validation scored."""
+    if "ema" in payload:
+        return payload["ema"]["weights"]
     if "generator" in payload:  # format 1
         return payload["generator"]
     try:

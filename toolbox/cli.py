@@ -95,7 +95,7 @@ def cmd_denoise(args) -> int:
     try:
         denoise_inputs(Path(args.model), [Path(p) for p in args.inputs], Path(args.output), _registry(),
                        overwrite=args.overwrite, series=args.series, device_name=args.device,
-                       overlap=args.overlap)
+                       overlap=args.overlap, sigma=args.sigma, ensemble=args.ensemble)
     finally:
         shutdown()
     return 0
@@ -114,10 +114,10 @@ def cmd_evaluate(args) -> int:
         if args.noisy:
             raise ToolboxError("--sweep draws synthetic noise at each level; it does not take --noisy")
         sweep(Path(args.model), args.data, _registry(), args.sweep, noise_spec=noise, out_dir=args.output,
-              device_name=args.device, seed=args.seed)
+              device_name=args.device, seed=args.seed, ensemble=args.ensemble)
         return 0
     evaluate(Path(args.model), args.data, _registry(), noisy_paths=args.noisy, noise_spec=noise,
-             out_dir=args.output, device_name=args.device, seed=args.seed)
+             out_dir=args.output, device_name=args.device, seed=args.seed, ensemble=args.ensemble)
     return 0
 
 
@@ -265,6 +265,10 @@ def _add_denoise(sub) -> None:
     denoise.add_argument("--series", help="SeriesInstanceUID to pick in a folder with several series")
     denoise.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     denoise.add_argument("--overlap", type=float, help="sliding-window overlap (default: the recipe's)")
+    denoise.add_argument("--sigma", type=float, help="noise SD in the image's units (e.g. HU) for a "
+                         "noise-conditional model (default: estimated from each image)")
+    denoise.add_argument("--ensemble", type=int, default=1, metavar="N",
+                         help="average over N flips/rotations (2D: up to 8, 3D: up to 48); N times slower")
     denoise.add_argument("--nproc", type=int, default=1, metavar="N",
                          help="N processes, each denoising every N-th input (same as torchrun "
                               "--nproc_per_node N -m toolbox denoise ...)")
@@ -284,6 +288,8 @@ def _add_evaluate(sub) -> None:
     evaluate.add_argument("-o", "--output", help="report folder (default: RUN/evaluate-TIMESTAMP)")
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     evaluate.add_argument("--seed", type=int, default=12345, help="seed of the synthetic noise")
+    evaluate.add_argument("--ensemble", type=int, default=1, metavar="N",
+                          help="also score the model with an N-fold self-ensemble (flips/rotations)")
     evaluate.set_defaults(func=cmd_evaluate)
 
 

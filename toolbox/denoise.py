@@ -10,11 +10,12 @@ from toolbox.errors import ToolboxError
 
 def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry, overwrite: bool = False,
                    series: str | None = None, device_name: str = "auto",
-                   overlap: float | None = None, console=None) -> list[Path]:
+                   overlap: float | None = None, console=None, sigma: float | None = None,
+                   ensemble: int = 1) -> list[Path]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from toolbox.data.volumes import check_output, expand_inputs, formats_of, read_volume, write_volume
-    from toolbox.infer import check_input, denoise_volume, load_trained_model
+    from toolbox.infer import check_input, check_options, denoise_volume, estimated_sigma, load_trained_model
     from toolbox.console import make_console
 
     console = console or make_console()
@@ -34,7 +35,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry,
     # before any rank writes; now each takes every world_size-th input.
     barrier()
     mine = rank_slice(list(zip(items, targets)), ranks)
-    model = load_trained_model(model_path, device, registry)
+    model = check_options(load_trained_model(model_path, device, registry), sigma, ensemble)
     overlap = float(model.recipe["train"].get("val_overlap", 0.25)) if overlap is None else overlap
     description = f"denoised {model.name}"
     written = []
@@ -50,6 +51,10 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry,
                 check_input(model, volume.array.shape)
             except ToolboxError as error:
                 raise ToolboxError(f"{item}: {error}") from error
+            if model.noise_level_map and sigma is None:
+                level = estimated_sigma(volume.image_values())
+                console.print(f"{item.name}: noise SD estimated at {level:.4g} in the image's units "
+                              "(give --sigma to set it)")
             progress.start()
             task = progress.add_task(item.name[:40], total=None)
 

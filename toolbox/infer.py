@@ -79,6 +79,8 @@ class TrainedModel:
     recipe: dict
     name: str  # for descriptions: recipe name + checkpoint step
     checkpoint: Path
+    sigma: float | None = None  # a noise-conditional model's noise level (image units); None = estimate
+    ensemble: int = 1  # test-time self-ensemble size (toolbox.self_ensemble)
 
     @property
     def spatial_dims(self) -> int:
@@ -95,6 +97,10 @@ class TrainedModel:
     @property
     def context(self) -> int:
         return self.recipe["data"].get("context_slices", 1)
+
+    @property
+    def noise_level_map(self) -> bool:
+        return bool(self.recipe["data"].get("noise_level_map", False))
 
 
 def find_checkpoint(model: Path) -> Path:
@@ -181,21 +187,41 @@ def denoise_array(generator: torch.nn.Module, model_dims: int, roi_size, image: 
 
 def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_spec: dict,
                   units: np.ndarray, slice_axis: int | None, device: torch.device, overlap: float = 0.25,
-                  progress=None, autocast_dtype=None, context: int = 1) -> np.ndarray:
+                  progress=None, autocast_dtype=None, context: int = 1, noise_level_map: bool = False,
+                  sigma: float | None = None, ensemble: int = 1) -> np.ndarray:
     """Denoise an image ``(C, *spatial)`` given in its own units and return it in those units.
 
     The one path from a noisy image to a denoised one that ``denoise``, ``evaluate`` and
     training's validation share: the normaliser is fitted to this (noisy) image, with
     statistics that barely move with the noise (``toolbox.data.normalize``), and inverted on
-    the way out; nothing is clipped, so every voxel is denoised.
+    the way out; nothing is clipped, so every voxel is denoised.  A noise-conditional
+    generator (``noise_level_map``) is given ``sigma`` (the noise SD in the image's units),
+    or the level estimated from the image; ``ensemble`` > 1 averages over flips/rotations.
     """
     from toolbox.data.normalize import fit_normalizer
+    from toolbox.noise_level import NoiseLevelInput
+    from toolbox.self_ensemble import SelfEnsemble
 
     normalizer = fit_normalizer(norm_spec, units)
     normalised = normalizer.forward(units).astype(np.float32)
-    denoised = denoise_array(generator, model_dims, roi_size, normalised, slice_axis, device, overlap,
+    network = generator
+    if noise_level_map:
+        level = estimated_sigma(units) if sigma is None else float(sigma)
+        network = NoiseLevelInput(network, level / normalizer.scale).train(generator.training)
+    if ensemble > 1:
+        network = SelfEnsemble(network, model_dims, ensemble).train(generator.training)
+    denoised = denoise_array(network, model_dims, roi_size, normalised, slice_axis, device, overlap,
                              progress, autocast_dtype=autocast_dtype, context=context)
     return normalizer.inverse(denoised).astype(np.float32)
+
+
+def estimated_sigma(units: np.ndarray) -> float:
+    """The Gaussian noise SD of an image in its own units, estimated from the image alone
+    (what a noise-conditional model is given when the user does not say)."""
+    from toolbox.noise_estimation import estimate_gaussian
+
+    squeezed = units.reshape(units.shape[0], *[s for s in units.shape[1:] if s > 1])
+    return float(estimate_gaussian(squeezed).sigma)
 
 
 def check_input(model: TrainedModel, shape) -> None:
@@ -209,12 +235,31 @@ def check_input(model: TrainedModel, shape) -> None:
         raise ToolboxError(f"this 2.5D model needs a 3D volume (stacks of {model.context} slices)")
 
 
+def check_options(model: TrainedModel, sigma: float | None = None, ensemble: int = 1) -> TrainedModel:
+    """``model`` set to denoise at noise level ``sigma`` (image units; a noise-conditional
+    model only) with a self-ensemble of ``ensemble``, or a one-line error."""
+    import dataclasses
+
+    from toolbox.self_ensemble import max_ensemble
+
+    if sigma is not None and not model.noise_level_map:
+        raise ToolboxError(f"{model.checkpoint}: this model is not noise-conditional, so --sigma has no "
+                           "effect (train with data.noise_level_map: true for one that is)")
+    if sigma is not None and not (np.isfinite(sigma) and sigma >= 0):
+        raise ToolboxError(f"--sigma must be a non-negative noise SD in the image's units, got {sigma}")
+    largest = max_ensemble(model.spatial_dims)
+    if not 1 <= ensemble <= largest:
+        raise ToolboxError(f"--ensemble must be 1..{largest} for a {model.spatial_dims}D model, got {ensemble}")
+    return dataclasses.replace(model, sigma=sigma, ensemble=ensemble)
+
+
 def denoise_with_model(model: TrainedModel, units: np.ndarray, slice_axis: int | None,
                        device: torch.device, overlap: float = 0.25, progress=None) -> np.ndarray:
     """``denoise_units`` with a trained model's settings (after ``check_input``)."""
     check_input(model, units.shape)
     return denoise_units(model.generator, model.spatial_dims, model.roi_size, model.recipe["data"]["normalize"],
-                         units, slice_axis, device, overlap, progress, context=model.context)
+                         units, slice_axis, device, overlap, progress, context=model.context,
+                         noise_level_map=model.noise_level_map, sigma=model.sigma, ensemble=model.ensemble)
 
 
 def denoise_volume(model: TrainedModel, volume, device: torch.device, overlap: float = 0.25,

@@ -18,16 +18,32 @@ from toolbox.registry import Registry
 
 def generator_inputs(recipe: dict) -> dict:
     """What the core injects into a recipe's generator: a 2.5D generator sees
-    ``context_slices`` adjacent slices of every channel and returns the middle one."""
+    ``context_slices`` adjacent slices of every channel and returns the middle one; with
+    ``data.noise_level_map`` it also gets ``noise_level_map=True`` and one more input
+    channel, the last, holding the noise level (``in_channels`` counts the image's only)."""
     data = recipe["data"]
     channels = data["channels"]
-    return {"spatial_dims": data["spatial_dims"], "in_channels": channels * data.get("context_slices", 1),
-            "out_channels": channels}
+    inputs = {"spatial_dims": data["spatial_dims"], "in_channels": channels * data.get("context_slices", 1),
+              "out_channels": channels}
+    if data.get("noise_level_map"):
+        inputs["noise_level_map"] = True
+    return inputs
+
+
+def input_channels(recipe: dict) -> int:
+    """The channels of the tensor a recipe's generator is called with."""
+    inputs = generator_inputs(recipe)
+    return inputs["in_channels"] + int(inputs.get("noise_level_map", False))
 
 
 def build_generator(registry: Registry, recipe: dict, source: str) -> torch.nn.Module:
     """The recipe's generator, built from ``registry`` (on the CPU, untrained)."""
-    return registry.build("generators", recipe["generator"], source, "generator", **generator_inputs(recipe))
+    inputs = generator_inputs(recipe)
+    if inputs.get("noise_level_map") and not registry.takes("generators", recipe["generator"],
+                                                             "noise_level_map", source, "generator"):
+        raise RecipeError(f"generator '{recipe['generator']['type']}' cannot take a noise-level map "
+                          "(data.noise_level_map); use one that can, e.g. unet", source, "generator")
+    return registry.build("generators", recipe["generator"], source, "generator", **inputs)
 
 
 @dataclass
@@ -97,7 +113,7 @@ class Parts:
         such patches (a thin 3D slab through a deep discriminator) is a one-line recipe
         error, not a torch error at the first step."""
         if self._generator is not None:
-            self._check_patch(unwrap(self._generator), "generator", self.channels * self.context)
+            self._check_patch(unwrap(self._generator), "generator", input_channels(self.recipe))
         if self._discriminator is not None:
             self._check_patch(unwrap(self._discriminator), "discriminator", self._discriminator_channels)
 

@@ -117,6 +117,9 @@ SCHEMA = Section(
                 "frame_pairs": Value((bool,), default=False,
                                      help="Noise2Noise on stacks: frame t as input, frame t + 1 as target"),
                 "val_seed": Value((int,), default=12345),
+                "noise_level_map": Value((bool,), default=False,
+                                         help="give the generator the noise level as an extra input channel "
+                                              "(FFDNet); denoise takes --sigma or estimates it"),
             },
             required=True,
         ),
@@ -135,6 +138,9 @@ SCHEMA = Section(
                                                 help="DDP: networks with parameters some steps do not use"),
                 "channels_last": Value((bool,), default=False,
                                        help="channels-last memory layout (faster convolutions on recent GPUs)"),
+                "ema": Value((float, int), default=0.0,
+                             help="decay of an average of the generator's weights used for validation "
+                                  "and inference (e.g. 0.999); 0 = off"),
                 "val_every": Value((int,), default=100),
                 "log_every": Value((int,), default=10),
                 "checkpoint_every": Value((int,), default=100),
@@ -321,6 +327,9 @@ def validate(raw: dict, source: str, base: Path | None = None, registry=None) ->
     if section.get("paired"):
         section["paired"] = {k: _resolve_paths(v, base) for k, v in section["paired"].items()}
     _check_data(section, source)
+    ema = data["train"]["ema"]
+    if ema and not 0.0 < ema < 1.0:
+        raise RecipeError(f"a decay between 0 and 1 (e.g. 0.999), or 0 for none; got {ema}", source, "train.ema")
     if registry is not None:
         check_parts_against_registry(data, source, registry)
     return Recipe(data, source)
@@ -351,6 +360,9 @@ def _check_data(section: dict, source: str) -> None:
     if not (section.get("paired") or {}).get("val_noisy") and section.get("val") and section.get("noise") is None:
         raise RecipeError("held-out images (data.val) without noisy counterparts (data.paired.val_noisy) "
                           "need a noise model to score on", source, "data.noise")
+    if section["noise_level_map"] and section["frame_pairs"]:
+        raise RecipeError("the noise level is measured against clean images; frame pairs have none",
+                          source, "data.noise_level_map")
     norm = section["normalize"]
     if norm.get("type") == "window" and (norm.get("low") is None or norm.get("high") is None):
         raise RecipeError("a window needs low and high", source, "data.normalize")

@@ -27,7 +27,7 @@ KINDS: dict[str, tuple[str, str]] = {
 
 # What the core passes to a factory of each kind (never a recipe option).
 INJECTED: dict[str, tuple[str, ...]] = {
-    "generators": ("spatial_dims", "in_channels", "out_channels"),
+    "generators": ("spatial_dims", "in_channels", "out_channels", "noise_level_map"),
     "discriminators": ("spatial_dims", "in_channels"),
     "optimizers": ("params",),
     "schemes": ("parts",),
@@ -173,6 +173,12 @@ class Registry:
         reserved = RESERVED_KEYS.get(kind, ())
         options = {k: v for k, v in spec.items() if k != "type" and k not in reserved}
         return component, options
+
+    def takes(self, kind: str, spec, option: str, source=None, path=None) -> bool:
+        """Whether the factory ``spec`` names accepts the keyword ``option``."""
+        component, _ = self.split_spec(kind, spec, source, path)
+        params, var_keyword = _parameters(component.factory)
+        return option in params or var_keyword
 
     def check(self, kind: str, spec, source=None, path=None, injected=()) -> Component:
         """Check a spec against the factory signature without building anything."""

@@ -18,6 +18,7 @@ from toolbox.console import make_console
 from toolbox.data.datasets import build_data
 from toolbox.data.sampling import batch_indices, make_loader
 from toolbox.distributed import barrier, broadcast_from_main, init_distributed, mean_over_ranks, run_on_main, unwrap
+from toolbox.ema import WeightAverage
 from toolbox.errors import ToolboxError
 from toolbox.parts import Parts
 from toolbox.recipe import Recipe
@@ -62,6 +63,8 @@ class Training:
             recipe, registry, self.device, amp=self.train_cfg["amp"], channels_last=self.train_cfg["channels_last"],
             find_unused_parameters=self.train_cfg["find_unused_parameters"])
         self.generator = unwrap(self.scheme.generator)  # validation runs on rank 0 alone, outside DDP
+        # train.ema: validation, the best checkpoint and inference use averaged weights.
+        self.ema = WeightAverage(self.generator, float(self.train_cfg["ema"])) if self.train_cfg["ema"] else None
         self.start_step, self.best_psnr = 0, -float("inf")
         if last is None:
             info = {"seed": int(config["seed"]), "profile": recipe.profile, "parameters": self.parameter_counts(),
@@ -77,6 +80,10 @@ class Training:
 
     def resume_from(self, last: dict) -> None:
         self.scheme.load_state_dict(last["scheme"])
+        if self.ema is not None:
+            if "ema" not in last:
+                raise ToolboxError("the run was trained without train.ema; resume it without it")
+            self.ema.load_state_dict(last["ema"])
         self.start_step, self.best_psnr = int(last["step"]), float(last.get("best_psnr", -float("inf")))
         restore_rng(rank_rng(last, self.ranks.rank, self.ranks.world_size))
         if int(last.get("world_size", 1)) != self.ranks.world_size:
@@ -85,13 +92,21 @@ class Training:
                                "differ from an uninterrupted run's")
         self.run.truncate_metrics(self.start_step)
 
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network validation scores and inference will use (the weight average, if any)."""
+        return self.ema.network if self.ema is not None else self.generator
+
     def validate(self, **kwargs):
         data_cfg = self.config["data"]
-        return evaluate_held_out(self.generator, self.data.held_out, self.data.spatial_dims, data_cfg["patch_size"],
+        return evaluate_held_out(self.denoiser, self.data.held_out, self.data.spatial_dims, data_cfg["patch_size"],
                                  data_cfg["normalize"], float(self.train_cfg["val_overlap"]), self.device,
-                                 self.parts.amp_dtype, context=data_cfg.get("context_slices", 1), **kwargs)
+                                 self.parts.amp_dtype, context=data_cfg.get("context_slices", 1),
+                                 noise_level_map=data_cfg["noise_level_map"], **kwargs)
 
     def checkpoint(self, name: str, step: int, extra: dict | None = None) -> None:
+        if self.ema is not None:
+            extra = {**(extra or {}), "ema": self.ema.state_dict()}
         self.run.checkpoint(name, step, self.scheme, self.config, self.best_psnr, extra)
 
     def batches(self):
@@ -143,6 +158,8 @@ class Training:
             task = progress.add_task("train", total=steps, losses="", completed=self.start_step)
             for step, batches in zip(range(self.start_step + 1, steps + 1), self.batches()):
                 log.add(self.step(batches, step))
+                if self.ema is not None:
+                    self.ema.update(self.generator)
                 last = step == steps
                 if step % cfg["log_every"] == 0 or last:
                     terms = log.check(step)
@@ -158,7 +175,7 @@ class Training:
             barrier()  # rank 0 writes the final report
             return None
         try:
-            return final_report(self.run.path, self.config, self.data, self.generator, self.validate, started,
+            return final_report(self.run.path, self.config, self.data, self.denoiser, self.validate, started,
                                 self.console)
         finally:
             barrier()

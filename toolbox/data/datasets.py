@@ -23,6 +23,7 @@ from toolbox.data.normalize import Normalizer, data_range, describe_range, fit_n
 from toolbox.data.readers import read_image
 from toolbox.data.volumes import Volume, expand_inputs, formats_of, read_volume, squeeze_spacing, squeeze_spatial
 from toolbox.errors import ToolboxError
+from toolbox.noise_level import measured_level, with_level_channel
 
 
 @dataclass
@@ -66,7 +67,7 @@ class PatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, clean, patch_size, seed, noise=None, noisy=None, augment=True, length=None,
-                 context: int = 1, normalizers=None, noisy_target: bool = False):
+                 context: int = 1, normalizers=None, noisy_target: bool = False, noise_level_map: bool = False):
         # Normalised float32 arrays (C, *spatial); for 2.5D (context > 1) volumes (C, S, H, W)
         # with the slice axis first, giving a stack of `context` slices around a middle one.
         self.context = context
@@ -80,6 +81,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.normalizers = normalizers if in_units(noise) else None
         self.augment = augment
         self.noisy_target = noisy_target  # Noise2Noise on synthetic data: a second, independent draw
+        self.noise_level_map = noise_level_map  # append the patch's noise level as a last input channel
         sizes = np.array([float(np.prod(a.shape[1:])) for a in clean])
         self.weights = sizes / sizes.sum()  # large images give proportionally more patches
         self.length = length or 2**31 - 1
@@ -124,15 +126,18 @@ class PatchDataset(torch.utils.data.Dataset):
         stack = torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32))
         if noisy is None:
             source = self._noisy(stack, which, noise_generator)
-            if self.noisy_target:  # the same patch again, with independent noise
-                stack = self._noisy(stack, which, noise_generator)
         else:
             source = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32))
+        level = measured_level(source, stack) if self.noise_level_map else None
+        if noisy is None and self.noisy_target:  # the same patch again, with independent noise
+            stack = self._noisy(stack, which, noise_generator)
+        target = stack
         if self.context > 1:  # (C, k, h, w) -> input (C*k, h, w), target the middle (C, h, w)
             target = stack[:, self.context // 2]
             source = source.reshape(-1, *source.shape[2:])
-            return {"input": source, "target": target}
-        return {"input": source, "target": stack}
+        if level is not None:
+            source = with_level_channel(source, level)
+        return {"input": source, "target": target}
 
 
 @dataclass
@@ -236,8 +241,13 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
                                for a in _training_images(noisy_train[index], dims, context))
     if not train_arrays:
         raise ToolboxError(f"{source}: no training images (data.train)")
+    no_clean = train_noisy is None and (noise is None or getattr(noise, "identity", False))
+    if data["noise_level_map"] and (no_clean or data["frame_pairs"]):
+        raise ToolboxError(f"{source}: data.noise_level_map measures the noise of each training patch "
+                           "against its clean image; give clean images with a noise model, or paired data")
     train = PatchDataset(train_arrays, data["patch_size"], seed, noise, train_noisy, data["augment"],
-                         context=context, normalizers=normalizers, noisy_target=data["target"] == "noisy_copy")
+                         context=context, normalizers=normalizers, noisy_target=data["target"] == "noisy_copy",
+                         noise_level_map=data["noise_level_map"])
 
     held_out = []
     for index, loaded in enumerate(clean_val):
