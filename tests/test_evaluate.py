@@ -37,6 +37,27 @@ def test_evaluate_on_the_bundled_ct_samples(tmp_path, small_ct, capsys):
     for figure in report["figures"]:
         with Image.open(figure) as image:
             assert image.size[0] > image.size[1] > 100
+    # Texture next to fidelity: the noisy input has far more high-frequency power than the
+    # clean image, a smoothing filter less; the spectra are plotted per image.
+    assert means["identity (noisy)"]["hf_power"] > 10 * means["gaussian filter"]["hf_power"] > 10
+    assert "HF power" in printed and sorted(p.name for p in (out / "spectra").iterdir()) == [
+        "chest_small.png", "spine.png"]
+
+
+def test_the_high_frequency_ratio_is_one_for_the_clean_image_and_falls_with_blur():
+    from scipy.ndimage import gaussian_filter
+
+    from toolbox.texture import high_frequency_ratio
+
+    clean = np.asarray(nib.load(str(SAMPLES / "ct" / "test" / "spine.nii.gz")).dataobj, dtype=np.float64)
+    clean = clean[..., 0][None]
+    noisy = clean + np.random.default_rng(0).normal(0, 25, clean.shape)
+    assert high_frequency_ratio(clean, clean) == 1.0
+    ratios = [high_frequency_ratio(gaussian_filter(noisy, (0, s, s)), clean) for s in (0.0, 0.5, 1.0, 2.0)]
+    assert ratios[0] > 100 and all(a > b for a, b in zip(ratios, ratios[1:]))
+    # A 3D volume is measured over its planes, and equals the 2D measure on one plane.
+    volume = np.repeat(clean[..., None], 3, axis=-1)
+    assert high_frequency_ratio(volume * 0.5, volume) == high_frequency_ratio(clean * 0.5, clean)
 
 
 def test_evaluate_on_paired_files(tmp_path, small_ct, capsys):

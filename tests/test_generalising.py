@@ -141,3 +141,32 @@ def test_sigma_for_a_model_that_is_not_noise_conditional_is_refused(small_ct, tm
     assert main(["denoise", str(run), str(image), "-o", str(out), "--ensemble", "9"]) == 2
     assert "--ensemble must be 1..8" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_interpolating_two_models_blends_their_weights(small_ct, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(small_ct))
+    for name, seed in (("a", "seed=1"), ("b", "seed=2")):
+        assert main(["run", str(recipe), seed, "--out", str(tmp_path / name)]) == 0
+    from toolbox.checkpoint import generator_weights
+
+    weights = {}
+    for alpha in (0.0, 0.25, 1.0):
+        out = tmp_path / f"mix{alpha}.pt"
+        assert main(["interpolate", str(tmp_path / "a"), str(tmp_path / "b"), "--alpha", str(alpha),
+                     "-o", str(out)]) == 0
+        weights[alpha] = generator_weights(torch.load(out, weights_only=True))
+    ends = [generator_weights(torch.load(tmp_path / n / "checkpoints" / "best.pt", weights_only=True)) for n in "ab"]
+    for key, value in ends[0].items():
+        if value.is_floating_point():
+            assert torch.equal(weights[0.0][key], value) and torch.equal(weights[1.0][key], ends[1][key])
+            assert torch.allclose(weights[0.25][key], 0.75 * value + 0.25 * ends[1][key], atol=1e-6)
+    image = small_ct / "val" / "spine.nii.gz"
+    assert main(["denoise", str(tmp_path / "mix0.25.pt"), str(image), "-o", str(tmp_path / "o.nii.gz")]) == 0
+    # Different generators cannot be averaged; nor can a model with itself into its own file.
+    assert main(["run", str(recipe), "generator.base_filters=8", "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert main(["interpolate", str(tmp_path / "a"), str(tmp_path / "c"), "--alpha", "0.5",
+                 "-o", str(tmp_path / "bad.pt")]) == 2
+    assert "its generator" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
+    assert main(["interpolate", str(tmp_path / "a"), str(tmp_path / "b"), "--alpha", "1.5",
+                 "-o", str(tmp_path / "bad.pt")]) == 2

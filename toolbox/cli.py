@@ -121,6 +121,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_interpolate(args) -> int:
+    from pathlib import Path
+
+    from toolbox.interpolate import interpolate
+
+    written = interpolate(Path(args.first), Path(args.second), args.alpha, Path(args.output), args.overwrite)
+    print(f"wrote {written} ((1 - {args.alpha:g}) x {args.first} + {args.alpha:g} x {args.second})")
+    return 0
+
+
 def cmd_list(args) -> int:
     from toolbox.registry import INJECTED
 
@@ -294,6 +304,14 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_tools(sub) -> None:
+    mix = sub.add_parser("interpolate", help="blend two models' weights (ESRGAN's network interpolation)")
+    mix.add_argument("first", help="a run folder or checkpoint (e.g. the fidelity model)")
+    mix.add_argument("second", help="the same generator fine-tuned (e.g. adversarially)")
+    mix.add_argument("--alpha", type=float, required=True, help="0 = first, 1 = second")
+    mix.add_argument("-o", "--output", required=True, help="the checkpoint file to write")
+    mix.add_argument("--overwrite", action="store_true")
+    mix.set_defaults(func=cmd_interpolate)
+
     lister = sub.add_parser("list", help="registered components of one kind or all kinds")
     lister.add_argument("kind", nargs="?", help=", ".join(KIND_NAMES))
     lister.add_argument("--json", action="store_true")
@@ -371,7 +389,7 @@ def main(argv=None) -> int:
         parser, sub = build_parser()
         # Plugin commands are added only when the command is not a built-in one, so that
         # `toolbox --help` and the built-ins stay fast and survive a broken plugin.
-        builtin = {"run", "denoise", "evaluate", "noise", "list", "plugins", "plugin", "recipe"}
+        builtin = {"run", "denoise", "evaluate", "noise", "interpolate", "list", "plugins", "plugin", "recipe"}
         first = next((a for a in argv if not a.startswith("-")), None)
         if first is not None and first not in builtin:
             _add_plugin_commands(sub)

@@ -127,8 +127,8 @@ def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_sp
         rows += case_rows
         figures.append(figure)
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    mean = {m: {"psnr": float(np.mean([r["psnr"] for r in rows if r["method"] == m])),
-                "ssim": float(np.mean([r["ssim"] for r in rows if r["method"] == m]))} for m in methods}
+    mean = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("psnr", "ssim", "hf_power")}
+            for m in methods}
     report = {"model": str(model.checkpoint), "data_range": describe_range(model.recipe["data"]["normalize"]),
               "units": "the images' own units, whole image, unclipped",
               "noise": "paired files" if noisy_paths else (noise_spec or model.recipe["data"]["noise"]),
@@ -149,6 +149,7 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1) -> 
     from toolbox.figures import write_figure
     from toolbox.infer import denoise_with_model
     from toolbox.metrics import psnr_ssim
+    from toolbox.texture import high_frequency_ratio
 
     norm = model.recipe["data"]["normalize"]
     dims = case.clean.ndim - 1
@@ -167,6 +168,7 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1) -> 
         seconds = time.time() - started
         scores[name] = psnr_ssim(results[name], case.clean, dims, case.data_range)
         rows.append({"image": case.name, "method": name, "psnr": scores[name][0], "ssim": scores[name][1],
+                     "hf_power": high_frequency_ratio(results[name], case.clean, case.slice_axis),
                      "seconds": round(seconds, 3), "sigma": case.sigma,
                      "sigma_known": case.sigma_known, "data_range": case.data_range})
     best_baseline = max((n for n in scores if not n.startswith(("model", "identity"))), key=lambda n: scores[n][0])
@@ -176,7 +178,23 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1) -> 
               (best_baseline, results[best_baseline], scores[best_baseline]),
               ("clean", case.clean, None)]
     write_figure(figure, panels, case.slice_axis, fit_normalizer(norm, case.clean))
+    write_spectra(out_dir / "spectra" / f"{case.name.split('.')[0]}.png", case,
+                  {"noisy": case.noisy, "model": results[model_name], best_baseline: results[best_baseline]})
     return rows, figure
+
+
+def write_spectra(path: Path, case: Case, images: dict) -> None:
+    """The radially averaged power spectra (log10) of the clean image and of ``images``."""
+    from toolbox.figures import write_line_plot
+    from toolbox.texture import radial_spectrum
+
+    centres, clean = radial_spectrum(case.clean, case.slice_axis)
+    series = {"clean": clean, **{name: radial_spectrum(image, case.slice_axis)[1] for name, image in images.items()}}
+    floor = max(float(np.max(clean)) * 1e-12, 1e-30)
+    write_line_plot(path, [round(float(c), 4) for c in centres][1::2],
+                    {name: list(np.log10(np.maximum(power, floor))[1::2]) for name, power in series.items()},
+                    f"{case.name}: radially averaged power spectrum", "cycles / pixel", "log10 power",
+                    log_x=False)
 
 
 def write_reports(out_dir: Path, report: dict, stem: str = "report") -> None:
@@ -199,11 +217,15 @@ def print_table(report: dict, methods: list[str], console) -> None:
     for image in images:
         table.add_column(image, justify="right", no_wrap=True)
     table.add_column("mean", justify="right", no_wrap=True)
+    table.add_column("HF power", justify="right", no_wrap=True)
     by = {(r["image"], r["method"]): r for r in report["rows"]}
     best = max(report["mean"], key=lambda m: report["mean"][m]["psnr"])
     for method in methods:
         cells = [f"{by[(i, method)]['psnr']:.2f} / {by[(i, method)]['ssim']:.3f}" for i in images]
         mean = report["mean"][method]
         style = "bold green" if method == best else None
-        table.add_row(method, *cells, f"{mean['psnr']:.2f} / {mean['ssim']:.3f}", style=style)
+        table.add_row(method, *cells, f"{mean['psnr']:.2f} / {mean['ssim']:.3f}", f"{mean['hf_power']:.3g}",
+                      style=style)
     console.print(table)
+    console.print("HF power: power over 0.25..0.5 cycles/pixel relative to the clean image's (1 = its "
+                  "texture, < 1 = blur, > 1 = noise left or invented); spectra in spectra/")

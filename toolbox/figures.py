@@ -56,15 +56,16 @@ _COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 
 
 
 def write_line_plot(path: Path, xs: list[float], series: dict[str, list[float]], title: str, x_label: str,
-                    y_label: str) -> None:
-    """A line per series against ``xs`` (a log axis when they span more than 10x), with
-    markers, a legend and labelled ticks; drawn with Pillow (no plotting library needed)."""
+                    y_label: str, log_x: bool | None = None) -> None:
+    """A line per series against ``xs`` (a log axis when they span more than 10x, unless
+    ``log_x`` says), with markers, a legend and labelled ticks (labels thinned where they
+    would overlap); drawn with Pillow (no plotting library needed)."""
     from PIL import Image, ImageDraw
 
     width, height, left, right, top, bottom = 760, 460, 70, 220, 40, 60
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    log = min(xs) > 0 and max(xs) / min(xs) > 10
+    log = (min(xs) > 0 and max(xs) / min(xs) > 10) if log_x is None else log_x
     to_x = np.log10 if log else (lambda v: np.asarray(v, dtype=float))
     x0, x1 = float(np.min(to_x(xs))), float(np.max(to_x(xs)))
     values = [v for ys in series.values() for v in ys if np.isfinite(v)]
@@ -78,10 +79,13 @@ def write_line_plot(path: Path, xs: list[float], series: dict[str, list[float]],
         return left + fx * (width - left - right), height - bottom - fy * (height - top - bottom)
 
     draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    labelled = -1e9
     for x in xs:
         px, _ = point(x, y0)
         draw.line([px, height - bottom, px, height - bottom + 5], fill="black")
-        draw.text((px - 12, height - bottom + 8), f"{x:g}", fill="black")
+        if px - labelled >= 42:
+            draw.text((px - 12, height - bottom + 8), f"{x:g}", fill="black")
+            labelled = px
     for fraction in np.linspace(0, 1, 6):
         y = y0 + fraction * (y1 - y0)
         _, py = point(xs[0], y)

@@ -96,6 +96,8 @@ def estimate(paths, registry, model: str = "all", normalize: dict | None = None,
             snippet = found.snippet(1.0 if name == "poisson_gaussian" else scale)
             table.add_row(item.name, name, value, snippet)
             snippets.append(f"{item.name} ({name}): {snippet}")
+            if name == "gaussian":  # what a noise-conditional model is told (it estimates the same way)
+                snippets.append(f"{item.name}: toolbox denoise MODEL {item.name} -o OUT --sigma {found.sigma:.4g}")
     console.print(table)
     for line in snippets:  # unwrapped, to copy into a recipe's data section
         console.print(line, soft_wrap=True, highlight=False, markup=False)

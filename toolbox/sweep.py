@@ -76,7 +76,7 @@ def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=N
         console.print(f"{name} = {value}: {len(cases)} image(s)")
     methods = list(dict.fromkeys(r["method"] for r in rows))
     mean = {m: {str(v): {k: float(np.mean([r[k] for r in rows if r["method"] == m and r["level"] == v]))
-                         for k in ("psnr", "ssim")} for v in values} for m in methods}
+                         for k in ("psnr", "ssim", "hf_power")} for v in values} for m in methods}
     report = {"model": str(model.checkpoint), "option": f"data.noise.{name}", "levels": values,
               "noise": base, "data_range": describe_range(model.recipe["data"]["normalize"]),
               "sigma_known": bool(rows[0]["sigma_known"]), "rows": rows, "mean": mean}
