@@ -105,6 +105,12 @@ def test_a_noise_conditional_model_trains_denoises_at_a_given_or_estimated_level
     # The level is an input: a different level gives a different output.
     assert np.abs(outputs["low"] - outputs["high"]).max() > 1e-3
     assert np.abs(outputs["ensemble"] - outputs["high"]).max() > 1e-4
+    # evaluate scores it with the estimated level and, asked, with the true one.
+    assert main(["evaluate", str(run), str(small_ct / "val"), "--true-sigma", "--ensemble", "2",
+                 "-o", str(tmp_path / "eval")]) == 0
+    methods = {row["method"].split(" (")[0] for row in __import__("json").loads(
+        (tmp_path / "eval" / "report.json").read_text())["rows"]}
+    assert {"model", "model, true sigma", "model x2"} <= methods
 
 
 def test_resuming_a_run_with_a_weight_average_continues_it_exactly(small_ct, tmp_path):
@@ -140,6 +146,8 @@ def test_sigma_for_a_model_that_is_not_noise_conditional_is_refused(small_ct, tm
     assert "not noise-conditional" in capsys.readouterr().err
     assert main(["denoise", str(run), str(image), "-o", str(out), "--ensemble", "9"]) == 2
     assert "--ensemble must be 1..8" in capsys.readouterr().err
+    assert main(["evaluate", str(run), str(small_ct / "val"), "--true-sigma", "-o", str(tmp_path / "e")]) == 2
+    assert "for noise-conditional models" in capsys.readouterr().err
     assert not out.exists()
 
 

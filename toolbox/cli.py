@@ -114,10 +114,11 @@ def cmd_evaluate(args) -> int:
         if args.noisy:
             raise ToolboxError("--sweep draws synthetic noise at each level; it does not take --noisy")
         sweep(Path(args.model), args.data, _registry(), args.sweep, noise_spec=noise, out_dir=args.output,
-              device_name=args.device, seed=args.seed, ensemble=args.ensemble)
+              device_name=args.device, seed=args.seed, ensemble=args.ensemble, true_sigma=args.true_sigma)
         return 0
     evaluate(Path(args.model), args.data, _registry(), noisy_paths=args.noisy, noise_spec=noise,
-             out_dir=args.output, device_name=args.device, seed=args.seed, ensemble=args.ensemble)
+             out_dir=args.output, device_name=args.device, seed=args.seed, ensemble=args.ensemble,
+             true_sigma=args.true_sigma)
     return 0
 
 
@@ -300,6 +301,8 @@ def _add_evaluate(sub) -> None:
     evaluate.add_argument("--seed", type=int, default=12345, help="seed of the synthetic noise")
     evaluate.add_argument("--ensemble", type=int, default=1, metavar="N",
                           help="also score the model with an N-fold self-ensemble (flips/rotations)")
+    evaluate.add_argument("--true-sigma", action="store_true",
+                          help="also score a noise-conditional model given the true noise SD (default: estimated)")
     evaluate.set_defaults(func=cmd_evaluate)
 
 

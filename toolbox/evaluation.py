@@ -101,10 +101,12 @@ def run_baseline(method, norm_spec: dict, noisy: np.ndarray, sigma: float) -> np
 
 
 def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_spec=None, out_dir=None,
-             device_name: str = "auto", seed: int = 12345, console=None, ensemble: int = 1) -> dict:
+             device_name: str = "auto", seed: int = 12345, console=None, ensemble: int = 1,
+             true_sigma: bool = False) -> dict:
     """The model at ``model_path`` (a run folder or checkpoint) against the classical
     baselines on ``clean_paths``; writes report.json, report.csv and figures.  ``ensemble``
-    > 1 adds a row for the model with that test-time self-ensemble."""
+    > 1 adds a row for the model with that test-time self-ensemble; ``true_sigma`` one for a
+    noise-conditional model given the true noise level."""
     from toolbox.console import make_console
     from toolbox.data.normalize import describe_range
     from toolbox.distributed import pick_device
@@ -113,7 +115,7 @@ def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_sp
     console = console or make_console()
     device = pick_device(device_name)
     model = load_trained_model(model_path, device, registry)
-    check_options(model, ensemble=ensemble)
+    check_options(model, ensemble=ensemble, true_sigma=true_sigma)
     if out_dir is None:
         base = Path(model_path) if Path(model_path).is_dir() else Path(".")
         out_dir = base / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -123,7 +125,7 @@ def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_sp
     cases = build_cases(model, clean_paths, registry, noisy_paths, noise_spec, seed)
     rows, figures = [], []
     for case in cases:
-        case_rows, figure = _score_case(model, case, device, out_dir, ensemble)
+        case_rows, figure = _score_case(model, case, device, out_dir, ensemble, true_sigma)
         rows += case_rows
         figures.append(figure)
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -139,11 +141,13 @@ def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_sp
     return report
 
 
-def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1) -> tuple[list[dict], Path]:
+def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
+                true_sigma: bool = False) -> tuple[list[dict], Path]:
     """The model (and with a self-ensemble of ``ensemble``, if > 1) and every available
     baseline on one case: a row each, and a figure of noisy | model | best baseline | clean.
     A noise-conditional model is given the level it estimates from the image, as a user's
-    would be without --sigma (the baselines get the true level where it is known)."""
+    would be without --sigma (the baselines get the true level where it is known); with
+    ``true_sigma`` also, in a row of its own, the RMS of noisy - clean."""
     from toolbox.baselines import available_baselines
     from toolbox.data.normalize import fit_normalizer
     from toolbox.figures import write_figure
@@ -155,6 +159,10 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1) -> 
     dims = case.clean.ndim - 1
     model_name = f"model ({model.name})"
     methods = {model_name: lambda: denoise_with_model(model, case.noisy, case.slice_axis, device)}
+    if true_sigma:
+        told = dataclasses.replace(model, sigma=float(np.sqrt(np.mean((case.noisy.astype(np.float64) - case.clean) ** 2))))
+        methods[f"model, true sigma ({model.name})"] = lambda: denoise_with_model(told, case.noisy, case.slice_axis,
+                                                                               device)
     if ensemble > 1:
         ensembled = dataclasses.replace(model, ensemble=ensemble)
         methods[f"model x{ensemble} ({model.name})"] = lambda: denoise_with_model(ensembled, case.noisy,

@@ -235,13 +235,16 @@ def check_input(model: TrainedModel, shape) -> None:
         raise ToolboxError(f"this 2.5D model needs a 3D volume (stacks of {model.context} slices)")
 
 
-def check_options(model: TrainedModel, sigma: float | None = None, ensemble: int = 1) -> TrainedModel:
+def check_options(model: TrainedModel, sigma: float | None = None, ensemble: int = 1,
+                  true_sigma: bool = False) -> TrainedModel:
     """``model`` set to denoise at noise level ``sigma`` (image units; a noise-conditional
     model only) with a self-ensemble of ``ensemble``, or a one-line error."""
     import dataclasses
 
     from toolbox.self_ensemble import max_ensemble
 
+    if true_sigma and not model.noise_level_map:
+        raise ToolboxError("--true-sigma is for noise-conditional models (data.noise_level_map); this one is not")
     if sigma is not None and not model.noise_level_map:
         raise ToolboxError(f"{model.checkpoint}: this model is not noise-conditional, so --sigma has no "
                            "effect (train with data.noise_level_map: true for one that is)")

@@ -47,7 +47,8 @@ def _with(spec: dict, keys: list[str], value) -> dict:
 
 
 def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=None, out_dir=None,
-          device_name: str = "auto", seed: int = 12345, console=None, ensemble: int = 1) -> dict:
+          device_name: str = "auto", seed: int = 12345, console=None, ensemble: int = 1,
+          true_sigma: bool = False) -> dict:
     from toolbox.console import make_console
     from toolbox.data.normalize import describe_range
     from toolbox.distributed import pick_device
@@ -57,7 +58,7 @@ def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=N
     console = console or make_console()
     keys, values = parse_sweep(sweep_text)
     device = pick_device(device_name)
-    model = check_options(load_trained_model(model_path, device, registry), ensemble=ensemble)
+    model = check_options(load_trained_model(model_path, device, registry), ensemble=ensemble, true_sigma=true_sigma)
     base = noise_spec or model.recipe["data"].get("noise")
     if not base:
         raise ToolboxError("give --noise (the model's recipe has no noise model to sweep)")
@@ -71,7 +72,7 @@ def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=N
         spec = _with(base, keys, value)
         cases = build_cases(model, clean_paths, registry, noise_spec=spec, seed=seed)
         for case in cases:
-            case_rows, _ = _score_case(model, case, device, out_dir / f"{name}_{value}", ensemble)
+            case_rows, _ = _score_case(model, case, device, out_dir / f"{name}_{value}", ensemble, true_sigma)
             rows += [{"level": value, **row} for row in case_rows]
         console.print(f"{name} = {value}: {len(cases)} image(s)")
     methods = list(dict.fromkeys(r["method"] for r in rows))
