@@ -25,6 +25,12 @@ def main() -> None:
     parser.add_argument("--sigmas", nargs="+", type=float, required=True)
     parser.add_argument("--out", required=True, help="folder for the per-sigma reports")
     parser.add_argument("--target", type=float, default=1.5, help="required dB over BM3D/BM4D")
+    parser.add_argument("--ensemble", type=int, default=1, help="also score an N-fold self-ensemble")
+    parser.add_argument("--true-sigma", action="store_true",
+                        help="also score a noise-conditional model given the true sigma")
+    parser.add_argument("--unit", default="8-bit grey levels", help="the unit of the level in brackets")
+    parser.add_argument("--per-unit", type=float, default=255.0,
+                        help="that unit per normalised unit (255 for 8-bit grey levels, 2000 for HU in a 2000 HU window)")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -35,27 +41,31 @@ def main() -> None:
     reports = {}
     for sigma in args.sigmas:
         reports[sigma] = evaluate(Path(args.model), args.data, noise_spec={"type": "gaussian", "sigma": sigma},
-                                  out_dir=Path(args.out) / f"sigma_{sigma}", device_name="cpu", console=quiet)
+                                  out_dir=Path(args.out) / f"sigma_{sigma}", device_name="cpu", console=quiet,
+                                  ensemble=args.ensemble, true_sigma=args.true_sigma)
     methods = list(next(iter(reports.values()))["mean"])
-    model = next(m for m in methods if m.startswith("model"))
+    models = [m for m in methods if m.startswith("model")]
+    model = models[0]
     reference = next((m for m in methods if m in ("BM3D", "BM4D")), None)
     images = sorted({r["image"] for r in next(iter(reports.values()))["rows"]})
     print(f"Mean PSNR dB / SSIM over {', '.join(images)}; Gaussian noise, sigma in normalised units "
-          f"(x255 = grey levels of 8 bits)\n")
-    header = ["sigma"] + methods + ([f"model - {reference}", "target"] if reference else [])
+          f"(in brackets: {args.unit})\n")
+    margins = [f"{m.split(' (')[0]} - {reference}" for m in models] if reference else []
+    header = ["sigma"] + methods + (margins + ["target"] if reference else [])
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for sigma, report in reports.items():
         mean = report["mean"]
-        best = max((m for m in methods if m != model), key=lambda m: mean[m]["psnr"])
-        cells = [f"{sigma:g} ({255 * sigma:.0f})"]
+        best = max((m for m in methods if m not in models), key=lambda m: mean[m]["psnr"])
+        cells = [f"{sigma:g} ({args.per_unit * sigma:.3g})"]
         for method in methods:
             cell = f"{mean[method]['psnr']:.2f} / {mean[method]['ssim']:.3f}"
-            cells.append(f"**{cell}**" if method in (best, model) and mean[method]["psnr"] >= mean[best]["psnr"]
+            cells.append(f"**{cell}**" if (method == best or method in models) and mean[method]["psnr"] >= mean[best]["psnr"]
                          else cell)
         if reference:
             margin = mean[model]["psnr"] - mean[reference]["psnr"]
-            cells += [f"{margin:+.2f}", "met" if margin >= args.target else f"short by {args.target - margin:.2f} dB"]
+            cells += [f"{mean[m]['psnr'] - mean[reference]['psnr']:+.2f}" for m in models]
+            cells += ["met" if margin >= args.target else f"short by {args.target - margin:.2f} dB"]
         print("| " + " | ".join(cells) + " |")
 
 

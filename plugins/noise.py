@@ -7,16 +7,35 @@ learns to denoise blind to the level, as ADL and most practical denoisers train.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 import toolbox
 
 
-def _level(value, generator: torch.Generator) -> float:
+DRAWS = ("uniform", "log")
+
+
+def _level(value, generator: torch.Generator, draw: str = "uniform") -> float:
+    """A fixed level, or one drawn from ``[low, high]``: uniformly, or log-uniformly
+    (``draw: log``, as many samples between 0.01 and 0.1 as between 0.1 and 1, so that
+    weak noise, the clinical kind, is not a small corner of training)."""
     if isinstance(value, (list, tuple)):
         low, high = float(value[0]), float(value[1])
-        return low + (high - low) * float(torch.rand((), generator=generator))
+        u = float(torch.rand((), generator=generator))
+        if draw == "log":
+            return math.exp(math.log(low) + (math.log(high) - math.log(low)) * u)
+        return low + (high - low) * u
     return float(value)
+
+
+def _check_draw(draw: str, *ranges) -> str:
+    if draw not in DRAWS:
+        raise ValueError(f"draw must be {' or '.join(DRAWS)}, got {draw!r}")
+    if draw == "log" and any(isinstance(r, (list, tuple)) and float(r[0]) <= 0 for r in ranges):
+        raise ValueError("draw: log needs a range whose low end is above 0")
+    return draw
 
 
 def _check_level(name: str, value, positive=True) -> None:
@@ -31,14 +50,15 @@ class GaussianNoise:
     """Additive white Gaussian noise, ``sigma`` in normalised units (or a [low, high] range).
 
     ``clip: true`` clips the result to 0..1, as 8-bit images are (the pix2pix CT seed).
+    ``draw: log`` draws a range log-uniformly.
     """
 
-    def __init__(self, sigma=0.1, clip: bool = False):
+    def __init__(self, sigma=0.1, clip: bool = False, draw: str = "uniform"):
         _check_level("sigma", sigma, positive=False)
-        self.sigma, self.clip = sigma, clip
+        self.sigma, self.clip, self.draw = sigma, clip, _check_draw(draw, sigma)
 
     def __call__(self, clean, generator):
-        sigma = _level(self.sigma, generator)
+        sigma = _level(self.sigma, generator, self.draw)
         noisy = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
         return noisy.clamp(0, 1) if self.clip else noisy
 
@@ -49,39 +69,39 @@ class PoissonNoise:
     ``peak`` is the photon count at intensity 1 (lower = noisier), or a [low, high] range.
     """
 
-    def __init__(self, peak=30.0):
+    def __init__(self, peak=30.0, draw: str = "uniform"):
         _check_level("peak", peak)
-        self.peak = peak
+        self.peak, self.draw = peak, _check_draw(draw, peak)
 
     def __call__(self, clean, generator):
-        peak = _level(self.peak, generator)
+        peak = _level(self.peak, generator, self.draw)
         return torch.poisson(clean.clamp(min=0) * peak, generator=generator) / peak
 
 
 class PoissonGaussianNoise:
     """Shot noise plus read-out noise (microscopy cameras): Poisson(peak) then Gaussian(sigma)."""
 
-    def __init__(self, peak=30.0, sigma=0.02):
+    def __init__(self, peak=30.0, sigma=0.02, draw: str = "uniform"):
         _check_level("peak", peak)
         _check_level("sigma", sigma, positive=False)
-        self.poisson = PoissonNoise(peak)
-        self.sigma = sigma
+        self.poisson = PoissonNoise(peak, draw)
+        self.sigma, self.draw = sigma, _check_draw(draw, sigma)
 
     def __call__(self, clean, generator):
         shot = self.poisson(clean, generator)
-        sigma = _level(self.sigma, generator)
+        sigma = _level(self.sigma, generator, self.draw)
         return shot + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
 
 
 class RicianNoise:
     """Rician noise of magnitude MR: |clean + n1 + i n2| with n1, n2 ~ N(0, sigma)."""
 
-    def __init__(self, sigma=0.05):
+    def __init__(self, sigma=0.05, draw: str = "uniform"):
         _check_level("sigma", sigma, positive=False)
-        self.sigma = sigma
+        self.sigma, self.draw = sigma, _check_draw(draw, sigma)
 
     def __call__(self, clean, generator):
-        sigma = _level(self.sigma, generator)
+        sigma = _level(self.sigma, generator, self.draw)
         real = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
         imag = sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
         return torch.sqrt(real**2 + imag**2)

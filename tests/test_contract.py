@@ -85,9 +85,14 @@ def test_format_contract(name, tmp_path):
     contract.check_format(name, samples[name], tmp_path / "out")
 
 
+@pytest.mark.parametrize("name", _names("models"))
+def test_pretrained_model_contract(name):
+    contract.check_model(name)
+
+
 def test_every_kind_has_a_contract_check():
     checks = {"generators": "check_generator", "discriminators": "check_discriminator", "losses": "check_loss",
               "optimizers": "check_optimizer", "noise_models": "check_noise_model", "readers": "check_reader",
-              "formats": "check_format", "schemes": "check_scheme"}
+              "formats": "check_format", "schemes": "check_scheme", "models": "check_model"}
     assert set(checks) == set(KINDS)
     assert all(callable(getattr(contract, check)) for check in checks.values())

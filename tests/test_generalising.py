@@ -175,6 +175,6 @@ def test_interpolating_two_models_blends_their_weights(small_ct, tmp_path, capsy
     capsys.readouterr()
     assert main(["interpolate", str(tmp_path / "a"), str(tmp_path / "c"), "--alpha", "0.5",
                  "-o", str(tmp_path / "bad.pt")]) == 2
-    assert "its generator" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
+    assert "the generator" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
     assert main(["interpolate", str(tmp_path / "a"), str(tmp_path / "b"), "--alpha", "1.5",
                  "-o", str(tmp_path / "bad.pt")]) == 2

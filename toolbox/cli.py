@@ -92,13 +92,28 @@ def cmd_denoise(args) -> int:
         return relaunch_with_torchrun(args.nproc, args.argv)
     from toolbox.distributed import shutdown
 
+    model, inputs = _model_and_rest(args.model, args.inputs, args.model_name, "INPUT")
     try:
-        denoise_inputs(Path(args.model), [Path(p) for p in args.inputs], Path(args.output), _registry(),
+        denoise_inputs(model, [Path(p) for p in inputs], Path(args.output), _registry(),
                        overwrite=args.overwrite, series=args.series, device_name=args.device,
                        overlap=args.overlap, sigma=args.sigma, ensemble=args.ensemble)
     finally:
         shutdown()
     return 0
+
+
+def _model_and_rest(first: str, rest: list[str], name: str | None, what: str):
+    """(model path, the other positional arguments): ``--model NAME`` takes the place of
+    the first positional argument, a run folder or checkpoint."""
+    from pathlib import Path
+
+    if name is not None:
+        from toolbox.pretrained import model_file
+
+        return model_file(_registry(), name), [first, *rest]
+    if not rest:
+        raise ToolboxError(f"give MODEL (a run folder or checkpoint) and {what}, or --model NAME and {what}")
+    return Path(first), rest
 
 
 def cmd_evaluate(args) -> int:
@@ -107,6 +122,7 @@ def cmd_evaluate(args) -> int:
     from toolbox.evaluation import evaluate
 
     _warn_failed_plugins()
+    args.model, args.data = _model_and_rest(args.model, args.data, args.model_name, "DATA")
     noise = _yaml_mapping(args.noise, "--noise", "{type: gaussian, sigma: 0.1}")
     if args.sweep:
         from toolbox.sweep import sweep
@@ -119,6 +135,41 @@ def cmd_evaluate(args) -> int:
     evaluate(Path(args.model), args.data, _registry(), noisy_paths=args.noisy, noise_spec=noise,
              out_dir=args.output, device_name=args.device, seed=args.seed, ensemble=args.ensemble,
              true_sigma=args.true_sigma)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from toolbox.pretrained import describe
+
+    rows = describe(_registry())
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    from rich.table import Table
+
+    from toolbox.console import make_console
+
+    table = Table(title="Pretrained models (toolbox denoise --model NAME INPUT -o OUTPUT)")
+    for column in ("name", "dims", "MB", "what", "plugin", "model card"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["name"], "", "", f"[red]{row['error']}", row["plugin"], "")
+            continue
+        table.add_row(row["name"], row["dims"], f"{row['megabytes']:.1f}", row["summary"], row["plugin"],
+                      row["card"] or "(none)")
+    make_console().print(table)
+    return 0
+
+
+def cmd_models_pack(args) -> int:
+    from pathlib import Path
+
+    from toolbox.pretrained import pack
+
+    written = pack(Path(args.run), Path(args.output), half=not args.fp32, overwrite=args.overwrite)
+    print(f"wrote {written} ({written.stat().st_size / 2**20:.2f} MB); write its model card beside it "
+          f"as {written.with_suffix('.md').name}")
     return 0
 
 
@@ -268,7 +319,9 @@ def _add_run(sub) -> None:
 def _add_denoise(sub) -> None:
     denoise = sub.add_parser("denoise", help="denoise NIfTI / DICOM series / TIFF / PNG with a trained model")
     denoise.add_argument("model", help="a run folder (uses its best checkpoint) or a checkpoint file")
-    denoise.add_argument("inputs", nargs="+", metavar="INPUT",
+    denoise.add_argument("--model", dest="model_name", metavar="NAME",
+                         help="a pretrained model by name (toolbox models), instead of MODEL")
+    denoise.add_argument("inputs", nargs="*", metavar="INPUT",
                          help="files, DICOM series folders, or folders of them")
     denoise.add_argument("-o", "--output", required=True,
                          help="output file (one input) or folder (several inputs, or a DICOM series)")
@@ -289,7 +342,9 @@ def _add_denoise(sub) -> None:
 def _add_evaluate(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="PSNR/SSIM of a model vs classical baselines, with figures")
     evaluate.add_argument("model", help="a run folder or a checkpoint file")
-    evaluate.add_argument("data", nargs="+", help="clean images: files, DICOM series folders, folders")
+    evaluate.add_argument("--model", dest="model_name", metavar="NAME",
+                          help="a pretrained model by name (toolbox models), instead of MODEL")
+    evaluate.add_argument("data", nargs="*", help="clean images: files, DICOM series folders, folders")
     evaluate.add_argument("--noisy", nargs="+", help="noisy counterparts (matched by file name)")
     evaluate.add_argument("--noise", help="synthetic noise instead, e.g. '{type: gaussian, sigma: 0.1}' "
                           "(default: the model's recipe)")
@@ -307,6 +362,17 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_tools(sub) -> None:
+    models = sub.add_parser("models", help="pretrained models (list; pack a run into one)")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+    models_sub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+    pack = models_sub.add_parser("pack", help="a run's best generator as a small (fp16) checkpoint")
+    pack.add_argument("run", help="a run folder or checkpoint")
+    pack.add_argument("-o", "--output", required=True, help="the .pt file to write (its card: same name, .md)")
+    pack.add_argument("--fp32", action="store_true", help="keep full precision")
+    pack.add_argument("--overwrite", action="store_true")
+    pack.set_defaults(func=cmd_models_pack)
+
     mix = sub.add_parser("interpolate", help="blend two models' weights (ESRGAN's network interpolation)")
     mix.add_argument("first", help="a run folder or checkpoint (e.g. the fidelity model)")
     mix.add_argument("second", help="the same generator fine-tuned (e.g. adversarially)")
@@ -392,7 +458,8 @@ def main(argv=None) -> int:
         parser, sub = build_parser()
         # Plugin commands are added only when the command is not a built-in one, so that
         # `toolbox --help` and the built-ins stay fast and survive a broken plugin.
-        builtin = {"run", "denoise", "evaluate", "noise", "interpolate", "list", "plugins", "plugin", "recipe"}
+        builtin = {"run", "denoise", "evaluate", "noise", "interpolate", "models", "list", "plugins", "plugin",
+                   "recipe"}
         first = next((a for a in argv if not a.startswith("-")), None)
         if first is not None and first not in builtin:
             _add_plugin_commands(sub)

@@ -58,7 +58,7 @@ class GANScheme(Scheme):
     # -- what the discriminator sees and how it is scored ------------------------------------
     def pair(self, source: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """What the discriminator judges: the image, or (input, image) when conditional."""
-        return torch.cat([source, image], dim=1) if self.conditional else image
+        return torch.cat([self.parts.input_image(source), image], dim=1) if self.conditional else image
 
     def discriminator_terms(self, batch: dict, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """The discriminator's loss terms for real ``batch["target"]`` against ``fake``."""

@@ -129,6 +129,19 @@ def register_schemes(register):
 
 
 @hookspec
+def register_models(register):
+    """Register pretrained models, usable by name: ``toolbox denoise --model NAME``.
+
+    ``factory() -> pathlib.Path`` of a toolbox checkpoint file (``toolbox models pack RUN
+    -o NAME.pt`` writes one: the recipe and the generator's weights, fp16), with its model
+    card ``NAME.md`` beside it (architecture, training data and licences, noise model and
+    range, training command and time, held-out results, intended use and limits).  A
+    package ships both as package data and returns the path from
+    ``importlib.resources``.  Checkpoints are read with ``weights_only=True``.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the ``toolbox`` CLI.
 

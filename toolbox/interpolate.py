@@ -17,9 +17,7 @@ import torch
 from toolbox.checkpoint import FORMAT, generator_weights, load_checkpoint, save_checkpoint
 from toolbox.errors import ToolboxError
 from toolbox.infer import find_checkpoint
-
-# What a checkpoint's generator takes and gives: these must agree for the average to be one model.
-INTERFACE = ("spatial_dims", "channels", "context_slices", "normalize", "noise_level_map", "patch_size")
+from toolbox.pretrained import check_same_generator
 
 
 def interpolate(first: Path, second: Path, alpha: float, output: Path, overwrite: bool = False) -> Path:
@@ -33,14 +31,8 @@ def interpolate(first: Path, second: Path, alpha: float, output: Path, overwrite
         raise ToolboxError(f"{output}: is one of the models; write the interpolation elsewhere")
     payloads = [load_checkpoint(p) for p in paths]
     recipes = [p["recipe"] for p in payloads]
-    if recipes[0]["generator"] != recipes[1]["generator"]:
-        raise ToolboxError(f"{paths[1]}: its generator {recipes[1]['generator']} differs from {paths[0]}'s "
-                           f"{recipes[0]['generator']}; interpolate a model with its own fine-tune")
-    for key in INTERFACE:
-        values = [r["data"].get(key) for r in recipes]
-        if values[0] != values[1]:
-            raise ToolboxError(f"{paths[1]}: data.{key} is {values[1]!r}, {paths[0]} has {values[0]!r}; "
-                               "the two models must take the same input")
+    check_same_generator(recipes[1], recipes[0], f"{paths[1]} (interpolate a model with its own fine-tune)",
+                         str(paths[0]))
     weights = [generator_weights(p) for p in payloads]
     if weights[0].keys() != weights[1].keys() or any(weights[0][k].shape != weights[1][k].shape for k in weights[0]):
         raise ToolboxError(f"{paths[1]}: its weights do not have the shapes of {paths[0]}'s")

@@ -136,6 +136,13 @@ class Parts:
             network = network.to(memory_format=self.memory_format)
         return network
 
+    def input_image(self, source: torch.Tensor) -> torch.Tensor:
+        """The noisy image in a generator input ``(N, C*k [+1], ...)``: each channel's middle
+        slice of a 2.5D stack, without the noise-level channel (what a conditional
+        discriminator pairs with the output)."""
+        k = self.context
+        return source[:, [c * k + k // 2 for c in range(self.channels)]]
+
     def to_device(self, batch: dict) -> dict:
         """A batch of tensors on the run's device, in the memory layout the networks use."""
         moved = {}

@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "toolbox_plugins.formats",
     "toolbox_plugins.schemes",
     "toolbox_plugins.self_supervised",
+    "toolbox_plugins.pretrained",
 )
 
 HOOK_NAMES = {name for name in dir(hookspecs) if name.startswith("register_")}

@@ -138,6 +138,8 @@ SCHEMA = Section(
                                                 help="DDP: networks with parameters some steps do not use"),
                 "channels_last": Value((bool,), default=False,
                                        help="channels-last memory layout (faster convolutions on recent GPUs)"),
+                "init_from": Value((str,), help="start the generator from these weights: a pretrained "
+                                                "model's name, a run folder or a checkpoint"),
                 "ema": Value((float, int), default=0.0,
                              help="decay of an average of the generator's weights used for validation "
                                   "and inference (e.g. 0.999); 0 = off"),
@@ -327,6 +329,9 @@ def validate(raw: dict, source: str, base: Path | None = None, registry=None) ->
     if section.get("paired"):
         section["paired"] = {k: _resolve_paths(v, base) for k, v in section["paired"].items()}
     _check_data(section, source)
+    init = data["train"]["init_from"]
+    if init and (base / init).exists():  # a path relative to the recipe; else a model name
+        data["train"]["init_from"] = str((base / init).resolve())
     ema = data["train"]["ema"]
     if ema and not 0.0 < ema < 1.0:
         raise RecipeError(f"a decay between 0 and 1 (e.g. 0.999), or 0 for none; got {ema}", source, "train.ema")

@@ -23,6 +23,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "readers": ("register_readers", "reader"),
     "formats": ("register_formats", "image format"),
     "schemes": ("register_schemes", "scheme"),
+    "models": ("register_models", "pretrained model"),
 }
 
 # What the core passes to a factory of each kind (never a recipe option).

@@ -230,3 +230,31 @@ def check_scheme(name: str, spatial_dims: int = 2, registry=None, steps: int = 3
     scheme.load_state_dict(state)
     restored = scheme.state_dict()["modules"][scheme.generator_name()]
     assert all(torch.equal(before[k], restored[k]) for k in before), f"scheme {name}: load_state_dict did not restore"
+
+
+CARD_SECTIONS = ("training data", "noise", "intended use", "limits")
+
+
+def check_model(name: str, registry=None) -> None:
+    """Pretrained model ``name``: its file is a safe checkpoint (read ``weights_only``) whose
+    generator builds from its recipe and takes its weights; it denoises an image of its
+    dimensions (a 3D volume for 2D models, slice by slice) into a finite one of the same
+    shape; its model card beside it covers training data, noise, intended use and limits."""
+    from toolbox.infer import denoise_with_model, load_trained_model
+    from toolbox.pretrained import card_file, model_file
+
+    registry = _registry(registry)
+    path = model_file(registry, name)
+    model = load_trained_model(path, torch.device("cpu"), registry)
+    card = card_file(path)
+    assert card.is_file(), f"pretrained model {name}: no model card {card.name} beside {path.name}"
+    title = next((line for line in card.read_text(encoding="utf-8").splitlines() if line.strip()), "")
+    assert title.startswith(f"# {name}:"), f"pretrained model {name}: its card should open with '# {name}: what it is'"
+    text = card.read_text(encoding="utf-8").lower()
+    missing = [s for s in CARD_SECTIONS if s not in text]
+    assert not missing, f"pretrained model {name}: its card says nothing about {', '.join(missing)}"
+    rng = np.random.default_rng(0)
+    size = SIZES[3] if model.spatial_dims == 3 else (3, *SIZES[2])
+    units = (rng.random((model.channels, *size)) * 100).astype(np.float32)
+    out = denoise_with_model(model, units, 0 if model.spatial_dims == 2 else None, torch.device("cpu"))
+    assert out.shape == units.shape and np.isfinite(out).all(), f"pretrained model {name}: bad output"

@@ -23,6 +23,7 @@ from toolbox.errors import ToolboxError
 from toolbox.parts import Parts
 from toolbox.recipe import Recipe
 from toolbox.registry import Registry
+from toolbox.pretrained import initial_weights
 from toolbox.report import evaluate_held_out, final_report, mean
 from toolbox.rng import restore_rng, seed_everything
 from toolbox.run_folder import RunFolder, check_run_dir, environment
@@ -63,6 +64,9 @@ class Training:
             recipe, registry, self.device, amp=self.train_cfg["amp"], channels_last=self.train_cfg["channels_last"],
             find_unused_parameters=self.train_cfg["find_unused_parameters"])
         self.generator = unwrap(self.scheme.generator)  # validation runs on rank 0 alone, outside DDP
+        if self.train_cfg["init_from"] and last is None:  # a resumed run has its own weights
+            self.generator.load_state_dict(initial_weights(registry, config, self.train_cfg["init_from"],
+                                                           f"{recipe.source}, key 'train.init_from'"))
         # train.ema: validation, the best checkpoint and inference use averaged weights.
         self.ema = WeightAverage(self.generator, float(self.train_cfg["ema"])) if self.train_cfg["ema"] else None
         self.start_step, self.best_psnr = 0, -float("inf")

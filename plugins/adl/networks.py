@@ -114,13 +114,16 @@ class EfficientUNet(torch.nn.Module):
     ``residual`` adds each head's output to the input (average-pooled to the head's scale;
     for 2.5D inputs, the middle slice), so the network learns the noise, not the image,
     and weak noise passes through without the blur of rebuilding the image.
+    ``noise_level_map`` (set by the core from ``data.noise_level_map``) takes the noise
+    level as one more input channel.
     Inputs of any size are padded to a multiple of 8 and cropped back (the 1/2 and 1/4
     outputs to the matching sizes).
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1,
                  filters=(96, 128, 160), bridge: int = 192, norm: str = "batch",
-                 enhancer_kernel: int = 7, content_enhancer: bool = True, output: str = "sigmoid"):
+                 enhancer_kernel: int = 7, content_enhancer: bool = True, output: str = "sigmoid",
+                 noise_level_map: bool = False):
         super().__init__()
         _check_filters(filters, bridge, "efficient_unet")
         if output not in ("sigmoid", "linear", "residual"):
@@ -130,9 +133,11 @@ class EfficientUNet(torch.nn.Module):
                              f"of out_channels ({out_channels})")
         d = spatial_dims
         self.out_channels = out_channels
+        self.image_channels = in_channels  # a noise-level map (set by the core) is one channel more
+        taken = in_channels + int(noise_level_map)
         f1, f2, f3 = filters
-        self.enhancer = ContentEnhancer(d, in_channels, f1, norm, enhancer_kernel) if content_enhancer else None
-        self.enc1 = ResidualBlock(d, in_channels, f1, norm=norm)
+        self.enhancer = ContentEnhancer(d, taken, f1, norm, enhancer_kernel) if content_enhancer else None
+        self.enc1 = ResidualBlock(d, taken, f1, norm=norm)
         self.enc2 = ResidualBlock(d, f1, f2, stride=2, norm=norm)
         self.enc3 = ResidualBlock(d, f2, f3, stride=2, norm=norm)
         self.bridge = ResidualBlock(d, f3, bridge, stride=2, norm=norm)
@@ -157,7 +162,7 @@ class EfficientUNet(torch.nn.Module):
         full = self.head_full(self.dec3(y, skip))
         outs = []
         if self.output == "residual":
-            middle = (padded.shape[1] // self.out_channels) // 2 * self.out_channels
+            middle = (self.image_channels // self.out_channels) // 2 * self.out_channels
             source = padded[:, middle:middle + self.out_channels]
         for image, factor in ((full, 1), (half, 2), (quarter, 4)):
             if self.output == "sigmoid":

@@ -60,7 +60,8 @@ class ADLScheme(GANScheme):
 
     def _discriminator_update(self, batch, denoised):
         # The release shows the discriminator the noisy input as its "fake".
-        return self.discriminator_update(batch, batch["input"] if self.release_compat else denoised)
+        return self.discriminator_update(batch, self.parts.input_image(batch["input"]) if self.release_compat
+                                         else denoised)
 
     def train_step(self, batches, step):
         batch = batches[0]

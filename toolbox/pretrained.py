@@ -1,0 +1,106 @@
+"""Pretrained models by name (``toolbox models``, ``toolbox denoise --model NAME``).
+
+A pretrained model is an ordinary toolbox checkpoint, packed small: the resolved recipe
+and the generator's weights (the weight average when the run kept one) in half precision,
+without optimiser state (``pack``).  Plugins register them with ``register_models``; the
+built-in ones live in ``toolbox_plugins/pretrained/``, each with a model card beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from toolbox.checkpoint import FORMAT, generator_weights, load_checkpoint, save_checkpoint
+from toolbox.errors import ToolboxError
+
+
+def model_file(registry, name: str) -> Path:
+    """The checkpoint file of the pretrained model ``name``."""
+    component = registry.get("models", name, "--model", "model")
+    path = Path(component.factory())
+    if not path.is_file():
+        raise ToolboxError(f"pretrained model '{name}' (plugin '{component.plugin}'): its file {path} is missing")
+    return path
+
+
+def card_file(path: Path) -> Path:
+    return Path(path).with_suffix(".md")
+
+
+# What a checkpoint's generator takes and gives: equal for two checkpoints' weights to be
+# interchangeable (interpolation, initialisation).
+INTERFACE = ("spatial_dims", "channels", "context_slices", "normalize", "noise_level_map")
+
+
+def check_same_generator(recipe: dict, other: dict, where: str, other_name: str) -> None:
+    """A one-line error unless ``other``'s generator is ``recipe``'s, with the same inputs."""
+    if recipe["generator"] != other["generator"]:
+        raise ToolboxError(f"{where}: the generator {recipe['generator']} differs from {other_name}'s "
+                           f"{other['generator']}")
+    for key in INTERFACE:
+        mine, theirs = recipe["data"].get(key), other["data"].get(key)
+        if mine != theirs:
+            raise ToolboxError(f"{where}: data.{key} is {mine!r}, {other_name} has {theirs!r}; "
+                               "the generators must take the same input")
+
+
+def resolve(registry, model: str) -> Path:
+    """A pretrained model's name, a run folder or a checkpoint file, as a checkpoint file."""
+    from toolbox.infer import find_checkpoint
+
+    if model in registry.components("models"):
+        return model_file(registry, model)
+    return find_checkpoint(Path(model))
+
+
+def initial_weights(registry, recipe: dict, model: str, where: str) -> dict:
+    """The generator weights a run starts from (``train.init_from``): a pretrained model,
+    run folder or checkpoint whose generator is the recipe's."""
+    path = resolve(registry, model)
+    payload = load_checkpoint(path)
+    check_same_generator(recipe, payload["recipe"], where, str(path))
+    return {k: v.float() if v.is_floating_point() else v for k, v in generator_weights(payload).items()}
+
+
+def describe(registry) -> list[dict]:
+    """One row per registered model: name, plugin, file, size, dims, noise, card summary."""
+    rows = []
+    for name, component in registry.components("models").items():
+        row = {"name": name, "plugin": component.plugin}
+        try:
+            path = model_file(registry, name)
+            recipe = load_checkpoint(path)["recipe"]
+            card = card_file(path)
+            # The card's title, "# NAME: what it is", says what the model is for.
+            title = next((line.lstrip("#").strip() for line in card.read_text(encoding="utf-8").splitlines()
+                          if line.strip()), "") if card.is_file() else ""
+            summary = title.split(":", 1)[1].strip() if title.startswith(f"{name}:") else title
+            row.update(file=str(path), megabytes=round(path.stat().st_size / 2**20, 2),
+                       dims=f"{recipe['data']['spatial_dims']}D", noise=recipe["data"].get("noise"),
+                       card=str(card) if card.is_file() else None, summary=summary)
+        except ToolboxError as error:
+            row["error"] = str(error)
+        rows.append(row)
+    return rows
+
+
+def pack(run: Path, output: Path, half: bool = True, overwrite: bool = False) -> Path:
+    """Write ``run``'s best generator (its weight average, if kept) as a small checkpoint."""
+    from toolbox.infer import find_checkpoint
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ToolboxError(f"{output}: already exists; pass --overwrite to replace it")
+    source = find_checkpoint(Path(run))
+    payload = load_checkpoint(source)
+    weights = {k: (v.half() if half and v.is_floating_point() else v).clone()
+               for k, v in generator_weights(payload).items()}
+    packed = {"format": FORMAT, "step": payload.get("step"), "recipe": payload["recipe"],
+              "scheme": {"modules": {"generator": weights}}, "generator_module": "generator",
+              "toolbox_version": payload.get("toolbox_version"), "packed_from": str(source),
+              "dtype": "float16" if half else "float32"}
+    save_checkpoint(output, packed)
+    return output
+
