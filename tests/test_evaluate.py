@@ -81,12 +81,15 @@ def test_sweep_writes_a_row_per_level_and_method_and_a_plot(tmp_path, percentile
     out = tmp_path / "sweep"
     levels = [0.02, 0.1, 0.3]
     assert main(["evaluate", str(percentile_model), str(SAMPLES / "ct" / "test" / "chest_small.nii.gz"),
-                 "--sweep", "data.noise.sigma=[0.02, 0.1, 0.3]", "-o", str(out)]) == 0
+                 "--sweep", "data.noise.sigma=[0.02, 0.1, 0.3]", "--ensemble", "2", "-o", str(out)]) == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert "baselines given the true noise level" in printed
     report = json.loads((out / "sweep.json").read_text())
     methods = {r["method"] for r in report["rows"]}
     assert len(report["rows"]) == len(levels) * len(methods) and {r["level"] for r in report["rows"]} == set(levels)
+    # The plain model and its self-ensemble are different rows with different results.
+    plain, ensembled = (next(m for m in methods if m.startswith(prefix)) for prefix in ("model (", "model x2"))
+    assert any(report["mean"][plain][str(v)]["psnr"] != report["mean"][ensembled][str(v)]["psnr"] for v in levels)
     noisy = [report["mean"]["identity (noisy)"][str(v)]["psnr"] for v in levels]
     assert noisy[0] > noisy[1] > noisy[2]  # more noise, lower PSNR
     assert (out / "sweep.csv").read_text().startswith("level,image,method")

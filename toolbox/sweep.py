@@ -58,7 +58,8 @@ def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=N
     console = console or make_console()
     keys, values = parse_sweep(sweep_text)
     device = pick_device(device_name)
-    model = check_options(load_trained_model(model_path, device, registry), ensemble=ensemble, true_sigma=true_sigma)
+    model = load_trained_model(model_path, device, registry)
+    check_options(model, ensemble=ensemble, true_sigma=true_sigma)  # the plain model scores as it is
     base = noise_spec or model.recipe["data"].get("noise")
     if not base:
         raise ToolboxError("give --noise (the model's recipe has no noise model to sweep)")
