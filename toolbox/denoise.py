@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from toolbox.distributed import barrier, init_distributed, rank_slice
@@ -51,17 +52,19 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry,
                 check_input(model, volume.array.shape)
             except ToolboxError as error:
                 raise ToolboxError(f"{item}: {error}") from error
-            if model.noise_level_map and sigma is None:
+            told = model
+            if model.noise_level_map and sigma is None:  # estimated once, shown, then used
                 level = estimated_sigma(volume.image_values())
                 console.print(f"{item.name}: noise SD estimated at {level:.4g} in the image's units "
                               "(give --sigma to set it)")
+                told = dataclasses.replace(model, sigma=level)
             progress.start()
             task = progress.add_task(item.name[:40], total=None)
 
             def report(done, total, task=task):
                 progress.update(task, completed=done, total=total)
 
-            units = denoise_volume(model, volume, device, overlap, report)
+            units = denoise_volume(told, volume, device, overlap, report)
             written.append(write_volume(volume, units, target, description, formats, overwrite))
     finally:
         progress.stop()

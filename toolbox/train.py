@@ -21,9 +21,9 @@ from toolbox.distributed import barrier, broadcast_from_main, init_distributed, 
 from toolbox.ema import WeightAverage
 from toolbox.errors import ToolboxError
 from toolbox.parts import Parts
+from toolbox.pretrained import initial_weights
 from toolbox.recipe import Recipe
 from toolbox.registry import Registry
-from toolbox.pretrained import initial_weights
 from toolbox.report import evaluate_held_out, final_report, mean
 from toolbox.rng import restore_rng, seed_everything
 from toolbox.run_folder import RunFolder, check_run_dir, environment
