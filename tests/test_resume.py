@@ -139,3 +139,18 @@ def test_a_checkpoint_of_the_first_format_still_denoises_and_resumes(small_ct, t
     for net in straight:
         for key in straight[net]:
             torch.testing.assert_close(resumed[net][key], straight[net][key], rtol=0, atol=0)
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    """mkstemp's private 0600 would make shared run folders unreadable to colleagues."""
+    import stat
+
+    from toolbox.checkpoint import atomic_write
+
+    mask = os.umask(0o022)
+    try:
+        target = tmp_path / "report.json"
+        atomic_write(target, lambda tmp: tmp.write_text("{}"))
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    finally:
+        os.umask(mask)
