@@ -110,3 +110,11 @@ def test_a_run_can_start_from_a_pretrained_model(packed, small_ct, tmp_path, cap
     assert main(["run", str(recipe), "train.init_from=tiny_ct", "generator.base_filters=8",
                  "--out", str(tmp_path / "other")]) == 2
     assert "key 'train.init_from': the generator" in capsys.readouterr().err
+
+
+def test_interpolate_takes_a_pretrained_model_by_name(packed, tmp_path, plugin_for_one_test):
+    """As ct_texture.yaml tells users: `toolbox interpolate ct RUN --alpha 0.5 -o C`."""
+    plugin_for_one_test(_plugin(packed / "tiny_ct.pt"))
+    out = tmp_path / "half.pt"
+    assert main(["interpolate", "tiny_ct", str(packed / "run"), "--alpha", "0.5", "-o", str(out)]) == 0
+    assert torch.load(out, weights_only=True)["interpolated"]["first"] == str(packed / "tiny_ct.pt")

@@ -178,7 +178,7 @@ def cmd_interpolate(args) -> int:
 
     from toolbox.interpolate import interpolate
 
-    written = interpolate(Path(args.first), Path(args.second), args.alpha, Path(args.output), args.overwrite)
+    written = interpolate(args.first, args.second, args.alpha, Path(args.output), _registry(), args.overwrite)
     print(f"wrote {written} ((1 - {args.alpha:g}) x {args.first} + {args.alpha:g} x {args.second})")
     return 0
 
@@ -374,7 +374,7 @@ def _add_tools(sub) -> None:
     pack.set_defaults(func=cmd_models_pack)
 
     mix = sub.add_parser("interpolate", help="blend two models' weights (ESRGAN's network interpolation)")
-    mix.add_argument("first", help="a run folder or checkpoint (e.g. the fidelity model)")
+    mix.add_argument("first", help="a pretrained model's name, run folder or checkpoint (e.g. the fidelity model)")
     mix.add_argument("second", help="the same generator fine-tuned (e.g. adversarially)")
     mix.add_argument("--alpha", type=float, required=True, help="0 = first, 1 = second")
     mix.add_argument("-o", "--output", required=True, help="the checkpoint file to write")

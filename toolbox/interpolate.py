@@ -16,17 +16,17 @@ import torch
 
 from toolbox.checkpoint import FORMAT, generator_weights, load_checkpoint, save_checkpoint
 from toolbox.errors import ToolboxError
-from toolbox.infer import find_checkpoint
-from toolbox.pretrained import check_same_generator
+from toolbox.pretrained import check_same_generator, resolve
 
 
-def interpolate(first: Path, second: Path, alpha: float, output: Path, overwrite: bool = False) -> Path:
+def interpolate(first: str, second: str, alpha: float, output: Path, registry, overwrite: bool = False) -> Path:
+    """``first`` and ``second``: pretrained models' names, run folders or checkpoint files."""
     if not 0.0 <= alpha <= 1.0:
         raise ToolboxError(f"--alpha must be between 0 (the first model) and 1 (the second), got {alpha}")
     output = Path(output)
     if output.exists() and not overwrite:
         raise ToolboxError(f"{output}: already exists; pass --overwrite to replace it")
-    paths = [find_checkpoint(Path(first)), find_checkpoint(Path(second))]
+    paths = [resolve(registry, str(first)), resolve(registry, str(second))]
     if output.resolve() in {p.resolve() for p in paths}:
         raise ToolboxError(f"{output}: is one of the models; write the interpolation elsewhere")
     payloads = [load_checkpoint(p) for p in paths]

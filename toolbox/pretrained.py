@@ -50,7 +50,7 @@ def resolve(registry, model: str) -> Path:
     """A pretrained model's name, a run folder or a checkpoint file, as a checkpoint file."""
     from toolbox.infer import find_checkpoint
 
-    if model in registry.components("models"):
+    if model in registry.components("models") and not Path(model).exists():  # a folder named "ct" wins
         return model_file(registry, model)
     return find_checkpoint(Path(model))
 
