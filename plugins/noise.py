@@ -107,6 +107,34 @@ class RicianNoise:
         return torch.sqrt(real**2 + imag**2)
 
 
+class NoiseMixture:
+    """One of several noise models per sample (``of``: their specs; ``weights``: how often
+    each is drawn, equal by default), so that one model learns, for example, both the
+    Rician noise of magnitude MR and the Gaussian noise that benchmarks add to it."""
+
+    def __init__(self, of, weights=None):
+        if not isinstance(of, (list, tuple)) or len(of) < 2:
+            raise ValueError("of must list at least two noise models, e.g. [{type: gaussian, sigma: 0.1}, "
+                             "{type: rician, sigma: 0.1}]")
+        if any(isinstance(spec, dict) and spec.get("type") == "mixture" for spec in of):
+            raise ValueError("a mixture cannot contain another mixture")
+        registry = toolbox.plugin_registry()
+        try:
+            self.models = [registry.build("noise_models", spec, None, f"of[{i}]") for i, spec in enumerate(of)]
+        except toolbox.RecipeError as error:  # the registry adds where the mixture sits
+            raise ValueError(str(error)) from None
+        if any(getattr(m, "units", None) == "native" or getattr(m, "identity", False) for m in self.models):
+            raise ValueError("a mixture takes noise models on normalised images (not camera or none)")
+        weights = [1.0] * len(of) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(of) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"weights must be {len(of)} non-negative numbers, not all 0, got {weights!r}")
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+
+    def __call__(self, clean, generator):
+        pick = int(torch.multinomial(self.weights, 1, generator=generator))
+        return self.models[pick](clean, generator)
+
+
 class AlreadyNoisy:
     """No noise added: the training images are noisy already (real acquisitions), for
     schemes that learn without clean targets (``noise2void``; ``noise2noise`` with pairs)."""
@@ -157,6 +185,8 @@ def register_noise_models(register):
     register("poisson", PoissonNoise)
     register("poisson_gaussian", PoissonGaussianNoise)
     register("rician", RicianNoise)
+    register("mixture", NoiseMixture, example={"of": [{"type": "gaussian", "sigma": 0.1},
+                                                      {"type": "rician", "sigma": 0.1}]})
     register("none", AlreadyNoisy, aliases=("already_noisy",))
     register("camera", CameraNoise, aliases=("calibrated_poisson_gaussian",),
              example={"gain": 0.01, "offset": 0.1, "read_sd": 0.01, "quantize": False})

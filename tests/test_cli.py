@@ -42,6 +42,12 @@ def test_run_writes_a_complete_run_folder(tmp_path, small_ct, capsys):
     report = json.loads((out / "eval.json").read_text())
     assert report["images"][0]["data_range"] == 2000.0 and report["images"][0]["name"] == "spine.nii.gz"
     assert "window -1000..1000" in report["data_range"]
+    # The strongest classical denoiser at hand, on the same noisy image, given the true noise
+    # SD: a real denoising of it, well above the noisy input.
+    reference = report["images"][0]["reference"]
+    assert reference["method"] in ("non-local means", "BM3D") and "vs " in printed
+    assert reference["psnr"] > report["images"][0]["psnr_noisy"] + 5
+    assert reference["sigma"] == pytest.approx(tiny_recipe(small_ct)["data"]["noise"]["sigma"] * 2000, rel=0.05)
     # The held-out files hold what was scored: float32 HU, noise not clipped or rounded.
     import nibabel as nib
 

@@ -178,3 +178,27 @@ def test_interpolating_two_models_blends_their_weights(small_ct, tmp_path, capsy
     assert "the generator" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
     assert main(["interpolate", str(tmp_path / "a"), str(tmp_path / "b"), "--alpha", "1.5",
                  "-o", str(tmp_path / "bad.pt")]) == 2
+
+
+def test_a_noise_mixture_draws_each_model_as_often_as_weighted():
+    import toolbox
+
+    mixture = toolbox.build("noise_models", {"type": "mixture", "weights": [3, 1],
+                                             "of": [{"type": "gaussian", "sigma": 0.1}, {"type": "rician", "sigma": 0.1}]})
+    generator = torch.Generator().manual_seed(0)
+    zeros = torch.zeros(1, 16, 16)
+    # Gaussian noise on a zero image goes negative; Rician (a magnitude) never does.
+    gaussian = sum(bool((mixture(zeros, generator) < 0).any()) for _ in range(400))
+    assert 270 < gaussian < 330
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("data.noise={type: mixture, of: [{type: gaussian, sigma: 0.1}]}", "at least two noise models"),
+    ("data.noise={type: mixture, of: [{type: gaussian, sigma: 0.1}, {type: gausian}]}", "gausian"),
+    ("data.noise={type: mixture, of: [{type: gaussian}, {type: none}]}", "normalised images"),
+])
+def test_a_noise_mixture_that_cannot_work_is_a_one_line_error(small_ct, tmp_path, capsys, setting, message):
+    recipe = _conditional_recipe(small_ct, tmp_path)
+    assert main(["run", str(recipe), setting, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "run").exists()
