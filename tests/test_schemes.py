@@ -147,3 +147,42 @@ def test_a_run_with_fp16_and_channels_last_resumes_with_its_loss_scale(small_ct,
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert saved["recipe"]["train"]["amp"] == "fp16" and saved["scheme"]["scaler"]["scale"] > 0
     assert main(["run", "--resume", str(run), "train.steps=3"]) == 0
+
+
+def test_relativistic_gan_terms_follow_esrgan_formula():
+    ragan = toolbox.build("losses", {"type": "gan", "mode": "ragan"})
+    real, fake = torch.tensor([2.0, 0.5, 1.0]), torch.tensor([-1.0, 0.0, 0.4])
+
+    def bce(x, label):
+        return float(0.5 * torch.nn.functional.binary_cross_entropy_with_logits(x, torch.full_like(x, label)))
+
+    d = ragan.relative(real, fake, for_discriminator=True)
+    g = ragan.relative(real, fake, for_discriminator=False)
+    assert float(d["real"]) == pytest.approx(bce(real - fake.mean(), 1.0))
+    assert float(d["fake"]) == pytest.approx(bce(fake - real.mean(), 0.0))
+    assert float(g["real"]) == pytest.approx(bce(real - fake.mean(), 0.0))
+    assert float(g["fake"]) == pytest.approx(bce(fake - real.mean(), 1.0))
+    # Multi-scale discriminators: the mean over the maps.
+    both = ragan.relative([real, 2 * real], [fake, 2 * fake], for_discriminator=True)
+    other = ragan.relative(2 * real, 2 * fake, for_discriminator=True)
+    assert float(both["fake"]) == pytest.approx((float(d["fake"]) + float(other["fake"])) / 2)
+    with pytest.raises(ValueError, match="compares real and fake logits"):
+        ragan(real, True)
+
+
+def test_relativistic_generator_term_learns_from_the_real_images_too(small_ct, plugin_for_one_test):
+    plugin_for_one_test(RecordingPlugin())
+    recipe = tiny_recipe(small_ct)
+    recipe["discriminator"] = {"type": "recording"}
+    recipe["losses"]["adv"] = {"type": "gan", "mode": "ragan", "weight": 1.0}
+    recipe["scheme"] = {"type": "paired_gan"}
+    checked = validate(recipe, "test")
+    parts = Parts(checked.data, "test", torch.device("cpu"), toolbox.plugin_registry())
+    scheme = toolbox.build("schemes", checked["scheme"], parts=parts)
+    batch = _batch(2)
+    terms = {k: float(v) for k, v in scheme.train_step([batch], 1).items()}
+    d = scheme.discriminator
+    # D: real + fake; G: its output and, as constants, the real images.
+    assert len(d.seen) == 4 and torch.equal(d.seen[3][:, 1:], batch["target"])
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+    assert all(p.requires_grad for p in d.parameters())

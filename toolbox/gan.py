@@ -66,6 +66,9 @@ class GANScheme(Scheme):
         with self.parts.autocast():
             real_logits = self.discriminator(self.pair(batch["input"], batch["target"]))
             fake_logits = self.discriminator(self.pair(batch["input"], fake.detach()))
+        if getattr(criterion, "relativistic", False):
+            terms = criterion.relative(real_logits, fake_logits, for_discriminator=True)
+            return {"l_d_real": terms["real"], "l_d_fake": terms["fake"]}
         return {"l_d_real": criterion(real_logits, True, for_discriminator=True),
                 "l_d_fake": criterion(fake_logits, False, for_discriminator=True)}
 
@@ -103,9 +106,16 @@ class GANScheme(Scheme):
         """The weighted adversarial loss of the generator: the discriminator should call
         ``image`` real.  The discriminator's weights get no gradient from it."""
         self.requires_grad(self.discriminator, False)
+        criterion = self.adversarial.module
         with self.parts.autocast():
             judged = self.discriminator(self.pair(batch["input"], image))
-        return self.adversarial.weight * self.adversarial.module(judged, True, for_discriminator=False)
+            if getattr(criterion, "relativistic", False):  # the real images' logits, as constants
+                with torch.no_grad():
+                    real = self.discriminator(self.pair(batch["input"], batch["target"]))
+        if getattr(criterion, "relativistic", False):
+            terms = criterion.relative(real, judged, for_discriminator=False)
+            return self.adversarial.weight * (terms["real"] + terms["fake"])
+        return self.adversarial.weight * criterion(judged, True, for_discriminator=False)
 
     def generator_update(self, batch: dict, adversarial: bool = True,
                          outputs: list[torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list]:

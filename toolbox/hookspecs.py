@@ -60,7 +60,11 @@ def register_losses(register):
     ``factory(**options) -> torch.nn.Module``.  A pixel / content loss is called
     ``loss(prediction, target)``; an adversarial criterion is called
     ``loss(logits, target_is_real: bool, for_discriminator: bool)`` (MONAI's
-    ``PatchAdversarialLoss`` convention).  Both return a scalar tensor.
+    ``PatchAdversarialLoss`` convention).  Both return a scalar tensor.  A relativistic
+    criterion (one that compares real and fake logits, as ESRGAN's) has a property
+    ``relativistic`` that is true and a method ``relative(real_logits, fake_logits,
+    for_discriminator) -> {"real": tensor, "fake": tensor}``; ``toolbox.GANScheme`` calls it
+    instead, for the discriminator's and the generator's terms.
 
     Optional: a loss with a method ``check_patch(patch_size)`` (the recipe's
     ``data.patch_size`` as a tuple) is asked when the recipe's parts are built, before any
