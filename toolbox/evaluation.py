@@ -34,6 +34,19 @@ class Case:
     sigma_known: bool
     slice_axis: int | None
     data_range: float
+    photons: tuple[float, float] | None = None  # known Poisson(-Gaussian) noise: (peak, read SD)
+    reference: object = None  # the normaliser the synthetic noise was added in
+
+
+def _photons(noise_spec: dict | None):
+    """``(peak, read SD)`` of a fixed Poisson or Poisson-Gaussian noise, else None."""
+    if not noise_spec or noise_spec.get("type") not in ("poisson", "poisson_gaussian"):
+        return None
+    peak = noise_spec.get("peak", 30.0)
+    read = noise_spec.get("sigma", 0.02) if noise_spec["type"] == "poisson_gaussian" else 0.0
+    if isinstance(peak, (list, tuple)) or isinstance(read, (list, tuple)):
+        return None
+    return float(peak), float(read)
 
 
 def _true_sigma(noise_spec: dict | None):
@@ -86,7 +99,8 @@ def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None,
         noisy, _ = squeeze_spatial(noisy.astype(np.float32), volume.slice_axis)
         sigma = known * reference.scale if known is not None else estimate_noise_sigma(noisy)
         cases.append(Case(volume.name, clean, noisy, sigma, known is not None, slice_axis,
-                          data_range(norm_spec, clean)))
+                          data_range(norm_spec, clean), _photons(noise_spec) if noise is not None else None,
+                          reference))
     return cases
 
 
@@ -148,7 +162,7 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
     A noise-conditional model is given the level it estimates from the image, as a user's
     would be without --sigma (the baselines get the true level where it is known); with
     ``true_sigma`` also, in a row of its own, the RMS of noisy - clean."""
-    from toolbox.baselines import available_baselines
+    from toolbox.baselines import anscombe_bm3d_or_bm4d, available_baselines, vst_name
     from toolbox.data.normalize import fit_normalizer
     from toolbox.figures import write_figure
     from toolbox.infer import denoise_with_model
@@ -169,6 +183,10 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
                                                                                case.slice_axis, device)
     for name, method in available_baselines(dims).items():
         methods[name] = lambda method=method: run_baseline(method, norm, case.noisy, case.sigma)
+    vst = vst_name(dims)
+    if vst and case.photons:  # given the true photon count and read noise, in the units they were added in
+        methods[vst] = lambda: case.reference.inverse(
+            anscombe_bm3d_or_bm4d(case.reference.forward(case.noisy), *case.photons)).astype(np.float32)
     results, scores, rows = {}, {}, []
     for name, run in methods.items():
         started = time.time()
