@@ -239,3 +239,18 @@ def test_release_profile_sets_the_scheme_and_the_losses(recipe):
 
     loaded = toolbox.load_recipe(ROOT / "recipes" / f"{recipe}.yaml", profile="release")
     assert loaded["scheme"]["release_compat"] and loaded["losses"]["fidelity"]["release_compat"]
+
+
+def test_histogram_loss_pulls_values_outside_its_range_back_in():
+    """A residual output can leave 0..1; clamping gave such values no gradient, so the loss
+    pushed a noisy zero background below 0 for good.  Extrapolated binning keeps the count
+    and points the gradient back into the range."""
+    target = torch.zeros(1, 1, 8, 8)  # a background of zeros
+    prediction = torch.full((1, 1, 8, 8), -0.05, requires_grad=True)
+    counts = soft_histogram(prediction, 11, 0.0, 1.0)
+    assert float(counts.sum()) == pytest.approx(64.0)
+    HistogramLoss(bins=11)(prediction, target).backward()
+    assert (prediction.grad < 0).all()  # descent raises the values towards 0
+    above = torch.full((1, 1, 8, 8), 1.05, requires_grad=True)
+    HistogramLoss(bins=11)(above, torch.ones(1, 1, 8, 8)).backward()
+    assert (above.grad > 0).all()  # descent lowers them towards 1

@@ -80,10 +80,15 @@ def soft_histogram(x: torch.Tensor, bins: int, low: float, high: float) -> torch
 
     Each value splits its unit count between its two nearest bin centres in proportion to
     its distance from them, so the counts are piecewise linear in the values and their
-    gradient is non-zero; memory stays O(voxels), in 2D and 3D alike.
+    gradient is non-zero; memory stays O(voxels), in 2D and 3D alike.  A value outside
+    ``low..high`` (a residual or linear output can leave 0..1) is extrapolated from the two
+    edge bins rather than clamped: its unit count still sums to one and its gradient still
+    points back into the range.  Clamping gave such values no gradient, so the loss pushed
+    a noisy background below 0 and nothing brought it back (a -3.7 offset in the MR
+    background after 50 steps).
     """
     n, c = x.shape[:2]
-    values = x.float().reshape(n * c, -1).clamp(low, high)
+    values = x.float().reshape(n * c, -1)
     position = (values - low) / (high - low) * (bins - 1)
     lower = position.detach().floor().clamp(0, bins - 2)
     upper_weight = position - lower
