@@ -202,3 +202,22 @@ def test_a_noise_mixture_that_cannot_work_is_a_one_line_error(small_ct, tmp_path
     assert main(["run", str(recipe), setting, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_the_level_given_to_a_model_trained_on_rician_noise_reads_the_background_right():
+    """Magnitude MR: the Rayleigh background made the Gaussian estimate a third low, and
+    the model then left strong noise in place.  A model trained on Rician noise gets the
+    background estimate; one that was not is unchanged, and Gaussian noise is unaffected."""
+    from conftest import SAMPLES
+    from toolbox.infer import estimated_sigma
+
+    clean = np.asarray(nib.load(str(SAMPLES / "mr3d" / "test" / "mni_t1_2mm_z52-80.nii.gz")).dataobj,
+                       dtype=np.float32)[None]
+    rng = np.random.default_rng(0)
+    rician_model = {"type": "mixture", "of": [{"type": "rician", "sigma": 0.1}, {"type": "gaussian", "sigma": 0.1}]}
+    for sd in (3.0, 30.0):
+        magnitude = np.hypot(clean + rng.normal(0, sd, clean.shape), rng.normal(0, sd, clean.shape))
+        assert estimated_sigma(magnitude, rician_model) == pytest.approx(sd, rel=0.1)
+        assert estimated_sigma(magnitude, {"type": "gaussian"}) < 0.8 * sd  # what it was before
+        gaussian = clean + rng.normal(0, sd, clean.shape)
+        assert estimated_sigma(gaussian, rician_model) == pytest.approx(sd, rel=0.15)

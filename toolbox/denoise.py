@@ -54,7 +54,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry,
                 raise ToolboxError(f"{item}: {error}") from error
             told = model
             if model.noise_level_map and sigma is None:  # estimated once, shown, then used
-                level = estimated_sigma(volume.image_values())
+                level = estimated_sigma(volume.image_values(), model.recipe["data"].get("noise"))
                 console.print(f"{item.name}: noise SD estimated at {level:.4g} in the image's units "
                               "(give --sigma to set it)")
                 told = dataclasses.replace(model, sigma=level)

@@ -188,7 +188,7 @@ def denoise_array(generator: torch.nn.Module, model_dims: int, roi_size, image: 
 def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_spec: dict,
                   units: np.ndarray, slice_axis: int | None, device: torch.device, overlap: float = 0.25,
                   progress=None, autocast_dtype=None, context: int = 1, noise_level_map: bool = False,
-                  sigma: float | None = None, ensemble: int = 1) -> np.ndarray:
+                  sigma: float | None = None, ensemble: int = 1, noise_spec=None) -> np.ndarray:
     """Denoise an image ``(C, *spatial)`` given in its own units and return it in those units.
 
     The one path from a noisy image to a denoised one that ``denoise``, ``evaluate`` and
@@ -196,7 +196,8 @@ def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_sp
     statistics that barely move with the noise (``toolbox.data.normalize``), and inverted on
     the way out; nothing is clipped, so every voxel is denoised.  A noise-conditional
     generator (``noise_level_map``) is given ``sigma`` (the noise SD in the image's units),
-    or the level estimated from the image; ``ensemble`` > 1 averages over flips/rotations.
+    or the level estimated from the image (``estimated_sigma``, told the recipe's training
+    ``noise_spec``); ``ensemble`` > 1 averages over flips/rotations.
     """
     from toolbox.data.normalize import fit_normalizer
     from toolbox.noise_level import NoiseLevelInput
@@ -206,7 +207,7 @@ def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_sp
     normalised = normalizer.forward(units).astype(np.float32)
     network = generator
     if noise_level_map:
-        level = estimated_sigma(units) if sigma is None else float(sigma)
+        level = estimated_sigma(units, noise_spec) if sigma is None else float(sigma)
         network = NoiseLevelInput(network, level / normalizer.scale).train(generator.training)
     if ensemble > 1:
         network = SelfEnsemble(network, model_dims, ensemble).train(generator.training)
@@ -215,13 +216,35 @@ def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_sp
     return normalizer.inverse(denoised).astype(np.float32)
 
 
-def estimated_sigma(units: np.ndarray) -> float:
-    """The Gaussian noise SD of an image in its own units, estimated from the image alone
-    (what a noise-conditional model is given when the user does not say)."""
-    from toolbox.noise_estimation import estimate_gaussian
+def trained_on_rician(noise_spec) -> bool:
+    """Whether a recipe's noise (possibly a mixture) includes Rician (magnitude MR) noise."""
+    if not isinstance(noise_spec, dict):
+        return False
+    if noise_spec.get("type") == "rician":
+        return True
+    return any(trained_on_rician(part) for part in noise_spec.get("of") or [])
+
+
+def estimated_sigma(units: np.ndarray, noise_spec=None) -> float:
+    """The noise SD of an image in its own units, estimated from the image alone (what a
+    noise-conditional model is given when the user does not say).
+
+    Wavelet MAD (Gaussian).  For a model trained on Rician noise (``noise_spec``, the
+    recipe's), a non-negative image with a dark background is a magnitude image whose
+    background is Rayleigh-distributed, which the Gaussian estimate reads as weaker noise
+    (by a third when background is most of the volume); there the background estimate
+    (``estimate_rician``) is used when it is the larger and is plausible."""
+    from toolbox.noise_estimation import estimate_gaussian, estimate_rician
 
     squeezed = units.reshape(units.shape[0], *[s for s in units.shape[1:] if s > 1])
-    return float(estimate_gaussian(squeezed).sigma)
+    gaussian = float(estimate_gaussian(squeezed).sigma)
+    if trained_on_rician(noise_spec) and float(units.min()) >= 0:
+        # A real background: its darkest tenth lies within a few noise SDs of zero.
+        if np.percentile(units, 10) < 3.0 * max(gaussian, 1e-12):
+            background = float(estimate_rician(squeezed).sigma)
+            if gaussian < background < 3.0 * gaussian:
+                return background
+    return gaussian
 
 
 def check_input(model: TrainedModel, shape) -> None:
@@ -262,7 +285,8 @@ def denoise_with_model(model: TrainedModel, units: np.ndarray, slice_axis: int |
     check_input(model, units.shape)
     return denoise_units(model.generator, model.spatial_dims, model.roi_size, model.recipe["data"]["normalize"],
                          units, slice_axis, device, overlap, progress, context=model.context,
-                         noise_level_map=model.noise_level_map, sigma=model.sigma, ensemble=model.ensemble)
+                         noise_level_map=model.noise_level_map, sigma=model.sigma, ensemble=model.ensemble,
+                         noise_spec=model.recipe["data"].get("noise"))
 
 
 def denoise_volume(model: TrainedModel, volume, device: torch.device, overlap: float = 0.25,

@@ -35,7 +35,8 @@ class EvalRow:
 
 
 def evaluate_held_out(generator, held_out, spatial_dims, roi, norm_spec, overlap, device, amp_dtype=None,
-                      limit: int = 0, keep: bool = False, context: int = 1, noise_level_map: bool = False):
+                      limit: int = 0, keep: bool = False, context: int = 1, noise_level_map: bool = False,
+                      noise_spec=None):
     """PSNR/SSIM of noisy and denoised held-out images in their own units, each denoised as
     ``toolbox denoise`` would (a noise-conditional model with the level estimated from the
     image, as for a user who does not give one); ``keep`` also returns the outputs."""
@@ -43,7 +44,7 @@ def evaluate_held_out(generator, held_out, spatial_dims, roi, norm_spec, overlap
     for item in held_out[: limit or None]:
         denoised = denoise_units(generator, spatial_dims, roi, norm_spec, item.noisy, item.slice_axis, device,
                                  overlap, autocast_dtype=amp_dtype, context=context,
-                                 noise_level_map=noise_level_map)
+                                 noise_level_map=noise_level_map, noise_spec=noise_spec)
         dims = item.clean.ndim - 1
         pn, sn = psnr_ssim(item.noisy, item.clean, dims, item.data_range)
         pd, sd = psnr_ssim(denoised, item.clean, dims, item.data_range)

@@ -106,7 +106,8 @@ class Training:
         return evaluate_held_out(self.denoiser, self.data.held_out, self.data.spatial_dims, data_cfg["patch_size"],
                                  data_cfg["normalize"], float(self.train_cfg["val_overlap"]), self.device,
                                  self.parts.amp_dtype, context=data_cfg.get("context_slices", 1),
-                                 noise_level_map=data_cfg["noise_level_map"], **kwargs)
+                                 noise_level_map=data_cfg["noise_level_map"], noise_spec=data_cfg.get("noise"),
+                                 **kwargs)
 
     def checkpoint(self, name: str, step: int, extra: dict | None = None) -> None:
         if self.ema is not None:
