@@ -80,6 +80,29 @@ def test_training_patches_carry_their_measured_noise_level(small_ct):
         assert float(level.flatten()[0]) == pytest.approx(float(rms), rel=1e-5)
 
 
+def test_with_noisy_references_the_level_adds_their_own_noise(small_ct):
+    """Real scanner / camera references carry noise of their own; in use the estimate sees
+    it with the added noise, so training must give the same total."""
+    import toolbox
+    from toolbox.infer import estimated_sigma
+
+    raw = _conditional_recipe_dict(small_ct)
+    raw["data"]["reference_noise"] = True
+    recipe = toolbox.validate_recipe(raw)
+    data = toolbox.build_data(recipe.data, toolbox.plugin_registry())
+    own = data.train.reference_levels
+    assert len(own) == len(data.train.clean) and all(level > 0 for level in own)
+    assert own[0] == pytest.approx(estimated_sigma(data.train.clean[0]))
+    for index in range(6):
+        sample = data.train[index]
+        rms = float(torch.sqrt(torch.mean((sample["input"][0].double() - sample["target"][0].double()) ** 2)))
+        level = float(sample["input"][1].flatten()[0])
+        assert any(level == pytest.approx(float(np.hypot(rms, r)), rel=1e-5) for r in own)
+    raw["data"]["noise_level_map"] = False
+    with pytest.raises(toolbox.RecipeError, match="noise_level_map: true too"):
+        toolbox.validate_recipe(raw)
+
+
 def _conditional_recipe_dict(small_ct):
     recipe = tiny_recipe(small_ct)
     recipe["data"].update(noise={"type": "gaussian", "sigma": [0.0, 0.1]}, noise_level_map=True)

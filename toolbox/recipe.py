@@ -120,6 +120,10 @@ SCHEMA = Section(
                 "noise_level_map": Value((bool,), default=False,
                                          help="give the generator the noise level as an extra input channel "
                                               "(FFDNet); denoise takes --sigma or estimates it"),
+                "reference_noise": Value((bool,), default=False,
+                                         help="the clean images carry noise of their own (real camera or "
+                                              "scanner images): the level given in training adds it, as the "
+                                              "estimate in use sees it (needs noise_level_map)"),
             },
             required=True,
         ),
@@ -365,6 +369,9 @@ def _check_data(section: dict, source: str) -> None:
     if not (section.get("paired") or {}).get("val_noisy") and section.get("val") and section.get("noise") is None:
         raise RecipeError("held-out images (data.val) without noisy counterparts (data.paired.val_noisy) "
                           "need a noise model to score on", source, "data.noise")
+    if section["reference_noise"] and not section["noise_level_map"]:
+        raise RecipeError("reference_noise changes the level given to a noise-conditional generator; "
+                          "set data.noise_level_map: true too, or drop it", source, "data.reference_noise")
     if section["noise_level_map"] and section["frame_pairs"]:
         raise RecipeError("the noise level is measured against clean images; frame pairs have none",
                           source, "data.noise_level_map")

@@ -67,7 +67,8 @@ class PatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, clean, patch_size, seed, noise=None, noisy=None, augment=True, length=None,
-                 context: int = 1, normalizers=None, noisy_target: bool = False, noise_level_map: bool = False):
+                 context: int = 1, normalizers=None, noisy_target: bool = False, noise_level_map: bool = False,
+                 reference_levels=None):
         # Normalised float32 arrays (C, *spatial); for 2.5D (context > 1) volumes (C, S, H, W)
         # with the slice axis first, giving a stack of `context` slices around a middle one.
         self.context = context
@@ -82,6 +83,9 @@ class PatchDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.noisy_target = noisy_target  # Noise2Noise on synthetic data: a second, independent draw
         self.noise_level_map = noise_level_map  # append the patch's noise level as a last input channel
+        # The clean images' own noise (normalised units), added to the measured level so that
+        # training gives the level the estimate will see in use (``data.reference_noise``).
+        self.reference_levels = reference_levels
         sizes = np.array([float(np.prod(a.shape[1:])) for a in clean])
         self.weights = sizes / sizes.sum()  # large images give proportionally more patches
         self.length = length or 2**31 - 1
@@ -129,6 +133,8 @@ class PatchDataset(torch.utils.data.Dataset):
         else:
             source = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32))
         level = measured_level(source, stack) if self.noise_level_map else None
+        if level is not None and self.reference_levels is not None:
+            level = float(np.hypot(level, self.reference_levels[which]))
         if noisy is None and self.noisy_target:  # the same patch again, with independent noise
             stack = self._noisy(stack, which, noise_generator)
         target = stack
@@ -245,9 +251,14 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
     if data["noise_level_map"] and (no_clean or data["frame_pairs"]):
         raise ToolboxError(f"{source}: data.noise_level_map measures the noise of each training patch "
                            "against its clean image; give clean images with a noise model, or paired data")
+    reference_levels = None
+    if data.get("reference_noise"):  # each clean image's own noise, as the estimate in use would read it
+        from toolbox.infer import estimated_sigma
+
+        reference_levels = [estimated_sigma(a, data.get("noise")) for a in train_arrays]
     train = PatchDataset(train_arrays, data["patch_size"], seed, noise, train_noisy, data["augment"],
                          context=context, normalizers=normalizers, noisy_target=data["target"] == "noisy_copy",
-                         noise_level_map=data["noise_level_map"])
+                         noise_level_map=data["noise_level_map"], reference_levels=reference_levels)
 
     held_out = []
     for index, loaded in enumerate(clean_val):
