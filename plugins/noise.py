@@ -77,6 +77,10 @@ class PoissonNoise:
         peak = _level(self.peak, generator, self.draw)
         return torch.poisson(clean.clamp(min=0) * peak, generator=generator) / peak
 
+    def photons(self):
+        """``(photons at level 1, read SD)`` when fixed (a range has no single value)."""
+        return None if isinstance(self.peak, (list, tuple)) else (float(self.peak), 0.0)
+
 
 class PoissonGaussianNoise:
     """Shot noise plus read-out noise (microscopy cameras): Poisson(peak) then Gaussian(sigma)."""
@@ -86,6 +90,12 @@ class PoissonGaussianNoise:
         _check_level("sigma", sigma, positive=False)
         self.poisson = PoissonNoise(peak, draw)
         self.sigma, self.draw = sigma, _check_draw(draw, sigma)
+
+    def photons(self):
+        shot = self.poisson.photons()
+        if shot is None or isinstance(self.sigma, (list, tuple)):
+            return None
+        return shot[0], float(self.sigma)
 
     def __call__(self, clean, generator):
         shot = self.poisson(clean, generator)

@@ -112,3 +112,11 @@ def test_the_anscombe_baseline_inverts_the_transform_without_bias():
         mean_of = lambda stabilised, sigma: np.full_like(stabilised, stabilised.mean())  # noqa: E731
         recovered = anscombe_bm3d_or_bm4d(counts / peak, peak, read, denoise=mean_of)
         assert abs(float(recovered.mean()) - level) < 0.03 * level, (photons, read, float(recovered.mean()))
+
+
+def test_photon_noise_models_state_their_photon_count_only_when_fixed():
+    import toolbox
+
+    assert toolbox.build("noise_models", {"type": "poisson_gaussian", "peak": 50, "sigma": 0.01}).photons() == (50.0, 0.01)
+    assert toolbox.build("noise_models", {"type": "poisson", "peak": 20}).photons() == (20.0, 0.0)
+    assert toolbox.build("noise_models", {"type": "poisson_gaussian", "peak": [5, 50], "sigma": 0.01}).photons() is None

@@ -38,17 +38,6 @@ class Case:
     reference: object = None  # the normaliser the synthetic noise was added in
 
 
-def _photons(noise_spec: dict | None):
-    """``(peak, read SD)`` of a fixed Poisson or Poisson-Gaussian noise, else None."""
-    if not noise_spec or noise_spec.get("type") not in ("poisson", "poisson_gaussian"):
-        return None
-    peak = noise_spec.get("peak", 30.0)
-    read = noise_spec.get("sigma", 0.02) if noise_spec["type"] == "poisson_gaussian" else 0.0
-    if isinstance(peak, (list, tuple)) or isinstance(read, (list, tuple)):
-        return None
-    return float(peak), float(read)
-
-
 def _true_sigma(noise_spec: dict | None):
     if noise_spec and noise_spec.get("type") in ("gaussian", "awgn"):
         sigma = noise_spec.get("sigma", 0.1)
@@ -82,6 +71,7 @@ def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None,
                                "(the model's recipe has no noise model)")
         noise = registry.build("noise_models", noise_spec, "--noise", "noise")
     known = _true_sigma(noise_spec) if noise is not None else None
+    photons = noise.photons() if hasattr(noise, "photons") else None
     for index, path in enumerate(clean_files):
         volume = read_volume(path, formats, channels=model.channels)
         clean = volume.image_values()  # padding outside the field of view is not image
@@ -99,7 +89,7 @@ def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None,
         noisy, _ = squeeze_spatial(noisy.astype(np.float32), volume.slice_axis)
         sigma = known * reference.scale if known is not None else estimate_noise_sigma(noisy)
         cases.append(Case(volume.name, clean, noisy, sigma, known is not None, slice_axis,
-                          data_range(norm_spec, clean), _photons(noise_spec) if noise is not None else None,
+                          data_range(norm_spec, clean), photons,
                           reference))
     return cases
 
@@ -163,6 +153,7 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
     would be without --sigma (the baselines get the true level where it is known); with
     ``true_sigma`` also, in a row of its own, the RMS of noisy - clean."""
     from toolbox.baselines import anscombe_bm3d_or_bm4d, available_baselines, vst_name
+    from toolbox.noise_level import rms_difference
     from toolbox.data.normalize import fit_normalizer
     from toolbox.figures import write_figure
     from toolbox.infer import denoise_with_model
@@ -174,7 +165,7 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
     model_name = f"model ({model.name})"
     methods = {model_name: lambda: denoise_with_model(model, case.noisy, case.slice_axis, device)}
     if true_sigma:
-        told = dataclasses.replace(model, sigma=float(np.sqrt(np.mean((case.noisy.astype(np.float64) - case.clean) ** 2))))
+        told = dataclasses.replace(model, sigma=rms_difference(case.noisy, case.clean))
         methods[f"model, true sigma ({model.name})"] = lambda: denoise_with_model(told, case.noisy, case.slice_axis,
                                                                                device)
     if ensemble > 1:

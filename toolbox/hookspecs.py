@@ -95,6 +95,10 @@ def register_noise_models(register):
     its own units (HU for CT), ``spacing`` in mm per spatial axis (None when the file has
     none) and the axis 3D volumes are sliced along.  Training draws ``data.noise_copies``
     noisy copies of each training image once, at the start, and trains on them as pairs.
+
+    Optional: a photon-counting model has a method ``photons()`` returning ``(photons at
+    normalised level 1, Gaussian read SD in normalised units)``, or None when they are not
+    fixed; ``toolbox evaluate`` then adds BM3D / BM4D with the Anscombe transform.
     """
 
 

@@ -19,6 +19,13 @@ def measured_level(noisy: torch.Tensor, clean: torch.Tensor) -> float:
     return float(torch.sqrt(torch.mean((noisy.double() - clean.double()) ** 2)))
 
 
+def rms_difference(noisy, clean) -> float:
+    """The true noise SD of a synthetic pair in its units (arrays): RMS of ``noisy - clean``."""
+    import numpy as np
+
+    return float(np.sqrt(np.mean((np.asarray(noisy, dtype=np.float64) - clean) ** 2)))
+
+
 def with_level_channel(image: torch.Tensor, level: float, batched: bool = False) -> torch.Tensor:
     """``image`` ``(C, *spatial)`` (or ``(N, C, *spatial)`` when ``batched``) with a last,
     constant channel of ``level``."""

@@ -94,11 +94,12 @@ def score_reference(held_out, norm_spec: dict, spatial_dims: int) -> list[dict]:
     """The classical reference on each held-out noisy image, given its true noise SD (the RMS
     of noisy - clean: exact for synthetic noise), scored as the model is."""
     from toolbox.evaluation import run_baseline
+    from toolbox.noise_level import rms_difference
 
     name, method = classical_reference(spatial_dims)
     scores = []
     for item in held_out:
-        sigma = float(np.sqrt(np.mean((item.noisy.astype(np.float64) - item.clean) ** 2)))
+        sigma = rms_difference(item.noisy, item.clean)
         # A 2D method on a 3D held-out volume goes plane by plane, as a 2D model does.
         if spatial_dims == 2 and item.clean.ndim == 4:
             axis = 1 + (item.slice_axis or 0)
@@ -141,6 +142,9 @@ def final_report(run_dir: Path, config: dict, data, generator, validate, started
     return report
 
 
+SHORT_NAMES = {"non-local means": "NLM"}  # table headers
+
+
 def print_report(report: dict, console) -> None:
     from rich.table import Table
 
@@ -171,5 +175,3 @@ def print_report(report: dict, console) -> None:
         console.print(f"{ref_name} = {ref['method']}, the strongest classical denoiser installed, given the true "
                       "noise SD (BM3D / BM4D appear when the non-commercial bm3d / bm4d packages are installed)")
 
-
-SHORT_NAMES = {"non-local means": "NLM"}
