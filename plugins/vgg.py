@@ -119,11 +119,18 @@ class VGGPerceptualLoss(torch.nn.Module):
     channels; images in 0..1 are ImageNet-normalised.  3D inputs are cut into 2D slices
     along ``slice_axis`` (0, 1, 2 or ``all`` for the mean over the three).
     ``random_weights: true`` skips the pretrained weights (for tests only; warns).
+    ``input_normalization``: ``imagenet`` (torchvision's statistics, as VGG was trained) or
+    ``none`` (the image as it is: seed 002's public code feeds its patches so).
     """
 
+    compare = "features"
+
     def __init__(self, layers=None, weights: str | None = None, criterion: str = "l1",
-                 slice_axis="all", random_weights: bool = False):
+                 slice_axis="all", random_weights: bool = False, input_normalization: str = "imagenet"):
         super().__init__()
+        if input_normalization not in ("imagenet", "none"):
+            raise ValueError(f"input_normalization must be imagenet or none, got {input_normalization!r}")
+        self.imagenet = input_normalization == "imagenet"
         layers = dict(layers or {"conv5_4": 1.0})
         names = layer_indices()
         unknown = [n for n in layers if n not in names]
@@ -190,7 +197,7 @@ class VGGPerceptualLoss(torch.nn.Module):
             x = x.repeat(1, 3, *[1] * (x.ndim - 2))
         elif x.shape[1] != 3:
             raise ValueError(f"VGG perceptual loss needs 1 or 3 channels, got {x.shape[1]}")
-        return (x - self.mean) / self.std
+        return (x - self.mean) / self.std if self.imagenet else x
 
     def _features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         out = {}
@@ -202,6 +209,8 @@ class VGGPerceptualLoss(torch.nn.Module):
 
     def _loss_2d(self, prediction, target):
         pred, targ = self._features(self._prepare(prediction)), self._features(self._prepare(target))
+        if self.compare == "gram":
+            pred, targ = ({i: gram_matrix(f) for i, f in maps.items()} for maps in (pred, targ))
         return sum(w * self.criterion(pred[i], targ[i]) for i, w in self.taps.items())
 
     @staticmethod
@@ -217,6 +226,22 @@ class VGGPerceptualLoss(torch.nn.Module):
         if not axes:
             self.check_patch(prediction.shape[2:])  # raises, naming the smallest size
         return sum(self._loss_2d(self._slices(prediction, a), self._slices(target, a)) for a in axes) / len(axes)
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """``(N, C, h, w) -> (N, C, C)``: the channels' correlations over the image, divided by
+    the number of entries so that the size of the slice does not set the loss's scale."""
+    flat = features.flatten(2)
+    return flat @ flat.transpose(1, 2) / flat.shape[1:].numel()
+
+
+class GramTextureLoss(VGGPerceptualLoss):
+    """Gatys et al.'s texture (style) loss, as EnhanceNet uses it and seed 002 compares it
+    with the perceptual loss: the distance between Gram matrices of VGG19 features, which
+    keeps the texture statistics and drops where things are.  Options as
+    ``vgg_perceptual``'s (seed 002: ``layers: {conv3_4: 1}``)."""
+
+    compare = "gram"
 
 
 def download_vgg19(output: Path) -> Path:
@@ -255,6 +280,8 @@ def _cmd_weights(args) -> int:
 @toolbox.hookimpl
 def register_losses(register):
     register("vgg_perceptual", VGGPerceptualLoss, aliases=("perceptual", "vgg19"),
+             example={"layers": {"conv2_2": 1.0}, "random_weights": True})
+    register("gram_texture", GramTextureLoss, aliases=("texture_gram",),
              example={"layers": {"conv2_2": 1.0}, "random_weights": True})
 
 

@@ -50,8 +50,9 @@ def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None,
     """Clean/noisy pairs in the images' own units: real noisy files, or synthetic noise whose
     level is in normalised units (as in the recipe: added to the normalised clean image)."""
     from toolbox.baselines import estimate_noise_sigma
-    from toolbox.data.datasets import noisy_in_units
+    from toolbox.data.datasets import noisy_in_units, scaled_axes_crop, scaled_shape
     from toolbox.data.normalize import data_range, fit_normalizer
+    from toolbox.noise_level import rms_difference
     from toolbox.data.volumes import expand_inputs, formats_of, read_volume, squeeze_spatial
     formats = formats_of(registry)
     clean_files = expand_inputs(clean_paths, formats)
@@ -72,23 +73,39 @@ def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None,
         noise = registry.build("noise_models", noise_spec, "--noise", "noise")
     known = _true_sigma(noise_spec) if noise is not None else None
     photons = noise.photons() if hasattr(noise, "photons") else None
+    scale = model.scale
     for index, path in enumerate(clean_files):
         volume = read_volume(path, formats, channels=model.channels)
         clean = volume.image_values()  # padding outside the field of view is not image
+        if scale > 1 and noise is not None:  # the degradation bins whole blocks: crop to them
+            clean = clean[(slice(None),) + scaled_axes_crop(clean.shape[1:], scale, model.spatial_dims,
+                                                            volume.slice_axis)]
         reference = fit_normalizer(norm_spec, clean)
+        sigma_known = known is not None
         if noise is None:
             noisy_volume = read_volume(noisy_files[path.name], formats, channels=model.channels)
-            if noisy_volume.array.shape != clean.shape:
-                raise ToolboxError(f"{noisy_files[path.name]}: shape {noisy_volume.array.shape[1:]} "
-                                   f"differs from the clean {path} {clean.shape[1:]}")
+            expected = scaled_shape(noisy_volume.array.shape[1:], scale, model.spatial_dims, noisy_volume.slice_axis)
+            if expected != tuple(clean.shape[1:]):
+                wanted = "the same shape" if scale == 1 else f"{scale}x its shape ({'x'.join(map(str, expected))})"
+                raise ToolboxError(f"{noisy_files[path.name]}: shape {noisy_volume.array.shape[1:]}; the clean "
+                                   f"{path} is {clean.shape[1:]}, expected {wanted}")
             noisy = noisy_volume.array
         else:
             noisy = noisy_in_units(noise, clean, reference, torch.Generator().manual_seed(seed + index),
                                    volume.spacing, volume.slice_axis, where=path)
+        true_sd = None
+        if noisy.shape != clean.shape and callable(getattr(noise, "noise_free", None)):
+            # A degradation model: the noise SD against what it added the noise to.
+            free = noise.noise_free(torch.from_numpy(reference.forward(clean).astype(np.float32)),
+                                    torch.Generator().manual_seed(seed + index)).float().numpy()
+            true_sd = rms_difference(noisy, reference.inverse(free))
         clean, slice_axis = squeeze_spatial(clean.astype(np.float32), volume.slice_axis)
         noisy, _ = squeeze_spatial(noisy.astype(np.float32), volume.slice_axis)
-        sigma = known * reference.scale if known is not None else estimate_noise_sigma(noisy)
-        cases.append(Case(volume.name, clean, noisy, sigma, known is not None, slice_axis,
+        if true_sd is not None:
+            sigma, sigma_known = true_sd, True
+        else:
+            sigma = known * reference.scale if known is not None else estimate_noise_sigma(noisy)
+        cases.append(Case(volume.name, clean, noisy, sigma, sigma_known, slice_axis,
                           data_range(norm_spec, clean), photons,
                           reference))
     return cases
@@ -158,6 +175,7 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
     from toolbox.figures import write_figure
     from toolbox.infer import denoise_with_model
     from toolbox.metrics import psnr_ssim
+    from toolbox.resolution import upsample
     from toolbox.texture import high_frequency_ratio
 
     norm = model.recipe["data"]["normalize"]
@@ -172,31 +190,37 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
         ensembled = dataclasses.replace(model, ensemble=ensemble)
         methods[f"model x{ensemble} ({model.name})"] = lambda: denoise_with_model(ensembled, case.noisy,
                                                                                case.slice_axis, device)
+    # Super-resolution: the classical methods work at the input's size, then cubic
+    # interpolation brings them to the output grid ("identity" is plain interpolation).
+    scale = case.clean.shape[-1] // case.noisy.shape[-1]
+    then = f" + cubic x{scale}" if scale > 1 else ""
+    identity = "identity (noisy)" if scale == 1 else f"cubic x{scale} (noisy)"
     for name, method in available_baselines(dims).items():
+        name = identity if name == "identity (noisy)" else name + then
         methods[name] = lambda method=method: run_baseline(method, norm, case.noisy, case.sigma)
     vst = vst_name(dims)
     if vst and case.photons:  # given the true photon count and read noise, in the units they were added in
-        methods[vst] = lambda: case.reference.inverse(
+        methods[vst + then] = lambda: case.reference.inverse(
             anscombe_bm3d_or_bm4d(case.reference.forward(case.noisy), *case.photons)).astype(np.float32)
     results, scores, rows = {}, {}, []
     for name, run in methods.items():
         started = time.time()
-        results[name] = run()
+        results[name] = upsample(run(), case.clean.shape[1:])
         seconds = time.time() - started
         scores[name] = psnr_ssim(results[name], case.clean, dims, case.data_range)
         rows.append({"image": case.name, "method": name, "psnr": scores[name][0], "ssim": scores[name][1],
                      "hf_power": high_frequency_ratio(results[name], case.clean, case.slice_axis),
                      "seconds": round(seconds, 3), "sigma": case.sigma,
                      "sigma_known": case.sigma_known, "data_range": case.data_range})
-    best_baseline = max((n for n in scores if not n.startswith(("model", "identity"))), key=lambda n: scores[n][0])
+    best_baseline = max((n for n in scores if not n.startswith("model") and n != identity), key=lambda n: scores[n][0])
     figure = out_dir / "figures" / f"{case.name.split('.')[0]}.png"
-    panels = [("noisy", case.noisy, scores["identity (noisy)"]),
+    panels = [("noisy" if scale == 1 else identity, results[identity], scores[identity]),
               ("model", results[model_name], scores[model_name]),
               (best_baseline, results[best_baseline], scores[best_baseline]),
               ("clean", case.clean, None)]
     write_figure(figure, panels, case.slice_axis, fit_normalizer(norm, case.clean))
     write_spectra(out_dir / "spectra" / f"{case.name.split('.')[0]}.png", case,
-                  {"noisy": case.noisy, "model": results[model_name], best_baseline: results[best_baseline]})
+                  {"noisy": results[identity], "model": results[model_name], best_baseline: results[best_baseline]})
     return rows, figure
 
 

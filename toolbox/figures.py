@@ -29,11 +29,13 @@ def write_figure(path: Path, panels, slice_axis, display=None) -> None:
     views = [np.clip(_middle_slice(to_view(np.asarray(p[1], dtype=np.float32)), slice_axis), 0, 1)
              for p in panels]
     h, w = views[0].shape
-    scale = max(1, 256 // max(h, w))  # small images are enlarged so labels fit
+    # Small or narrow images are enlarged so that the panels are large enough to read and
+    # their labels (two lines of about 26 characters) fit.
+    scale = min(8, max(1, 256 // max(h, w), -(-160 // w)))
     width, height = w * scale, h * scale
     crop = max(4, min(h, w) // 3)  # a square centre crop, shown panel-wide
     top, left = (h - crop) // 2, (w - crop) // 2
-    label = 16
+    label = 28
     canvas = Image.new("L", (len(views) * width, height + width + 2 * label), 0)
     draw = ImageDraw.Draw(canvas)
     for index, ((title, _, score), view) in enumerate(zip(panels, views)):
@@ -43,8 +45,9 @@ def write_figure(path: Path, panels, slice_axis, display=None) -> None:
         x = index * width
         canvas.paste(full, (x, label))
         canvas.paste(zoom, (x, 2 * label + height))
-        text = title if score is None else f"{title} {score[0]:.2f} dB / {score[1]:.3f}"
-        draw.text((x + 3, 2), text[:48], fill=255)
+        draw.text((x + 3, 2), title[: max(8, width // 6)], fill=255)
+        if score is not None:
+            draw.text((x + 3, 14), f"{score[0]:.2f} dB / {score[1]:.3f}", fill=255)
         draw.text((x + 3, label + height + 2), "centre crop", fill=255)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))

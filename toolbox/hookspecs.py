@@ -35,7 +35,9 @@ def register_generators(register):
 
     ``factory(spatial_dims, in_channels, out_channels, **options) -> torch.nn.Module``.
     ``forward(x)`` maps a batch ``(N, in_channels, *spatial)`` to ``(N, out_channels,
-    *spatial)`` (or to a larger spatial size for super-resolution).  A network with several
+    *spatial)``; with ``data.scale`` > 1 (super-resolution) the core also injects ``scale``
+    and the output is ``scale`` times larger along every spatial axis (a factory without a
+    ``scale`` parameter cannot be used for super-resolution).  A network with several
     outputs (deep supervision) returns a tuple whose first item is the full-size image.
     The network should accept any spatial size (pad and crop back if it needs a multiple).
     """
@@ -66,10 +68,10 @@ def register_losses(register):
     for_discriminator) -> {"real": tensor, "fake": tensor}``; ``toolbox.GANScheme`` calls it
     instead, for the discriminator's and the generator's terms.
 
-    Optional: a loss with a method ``check_patch(patch_size)`` (the recipe's
-    ``data.patch_size`` as a tuple) is asked when the recipe's parts are built, before any
-    training, and raises ``ValueError`` with a one-line reason if it cannot take such
-    patches (e.g. a perceptual network too deep for a thin 3D slab).
+    Optional: a loss with a method ``check_patch(patch_size)`` (the generator's output
+    patch as a tuple: ``data.patch_size`` times ``data.scale``) is asked when the recipe's
+    parts are built, before any training, and raises ``ValueError`` with a one-line reason
+    if it cannot take such patches (e.g. a perceptual network too deep for a thin 3D slab).
     """
 
 
@@ -85,7 +87,9 @@ def register_noise_models(register):
     ``factory(**options) -> callable(clean, generator) -> noisy`` where ``clean`` is a
     tensor ``(C, *spatial)`` in normalised units (the recipe's ``data.normalize``) and
     ``generator`` a ``torch.Generator`` that is the only source of randomness, so that a
-    seed reproduces the noise exactly.
+    seed reproduces the noise exactly.  With ``data.scale`` > 1 the model makes the
+    low-resolution input: it gets a clean patch ``scale`` times larger than
+    ``data.patch_size`` and returns one of ``data.patch_size`` (``sr_degradation``).
 
     A model defined in the images' own units (a calibrated camera in ADU) sets
     ``units = "native"``: it gets ``clean`` in those units (training maps each patch back

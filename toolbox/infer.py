@@ -60,7 +60,9 @@ def denoise_tensor(
             out = inferer(batch, FirstOutput(network))
     finally:
         network.train(was_training)
-    out = out[(0, slice(None)) + tuple(slice(0, s) for s in size)]
+    # A super-resolution network's output is a whole multiple of its (padded) input.
+    scales = [o // b for o, b in zip(out.shape[2:], batch.shape[2:])]
+    out = out[(0, slice(None)) + tuple(slice(0, s * k) for s, k in zip(size, scales))]
     return out.float().cpu()
 
 
@@ -93,6 +95,11 @@ class TrainedModel:
     @property
     def roi_size(self):
         return self.recipe["data"]["patch_size"]
+
+    @property
+    def scale(self) -> int:
+        """Super-resolution: the output is this many times larger along each scaled axis."""
+        return int(self.recipe["data"].get("scale", 1))
 
     @property
     def context(self) -> int:
@@ -172,11 +179,13 @@ def denoise_array(generator: torch.nn.Module, model_dims: int, roi_size, image: 
         return out.numpy()
     # 2D model on a 3D volume: one slice at a time keeps memory at one slice's worth.
     axis = 0 if slice_axis is None else slice_axis
-    out = np.empty_like(image)
+    out = None
     total = image.shape[axis + 1]
     for index, plane in _iterate_slices(image, axis, context):
         result = denoise_tensor(generator, torch.from_numpy(np.ascontiguousarray(plane)), roi_size,
                                 overlap, sw_batch_size, device, autocast_dtype).numpy()
+        if out is None:  # the slices' size out (larger for super-resolution)
+            out = np.empty((result.shape[0], *np.insert(np.array(result.shape[1:]), axis, total)), image.dtype)
         target = [slice(None)] * out.ndim
         target[axis + 1] = index
         out[tuple(target)] = result

@@ -13,6 +13,7 @@ import torch
 
 from toolbox.distributed import unwrap, wrap_ddp
 from toolbox.errors import RecipeError
+from toolbox.nn import first_output
 from toolbox.registry import Registry
 
 
@@ -27,7 +28,16 @@ def generator_inputs(recipe: dict) -> dict:
               "out_channels": channels}
     if data.get("noise_level_map"):
         inputs["noise_level_map"] = True
+    if data.get("scale", 1) != 1:
+        inputs["scale"] = data["scale"]
     return inputs
+
+
+def output_patch(recipe: dict) -> tuple[int, ...]:
+    """The generator's output patch (what a discriminator and the losses see): the input
+    patch times ``data.scale``."""
+    data = recipe["data"]
+    return tuple(int(p) * int(data.get("scale", 1)) for p in data["patch_size"])
 
 
 def input_channels(recipe: dict) -> int:
@@ -43,6 +53,9 @@ def build_generator(registry: Registry, recipe: dict, source: str) -> torch.nn.M
                                                              "noise_level_map", source, "generator"):
         raise RecipeError(f"generator '{recipe['generator']['type']}' cannot take a noise-level map "
                           "(data.noise_level_map); use one that can, e.g. unet", source, "generator")
+    if "scale" in inputs and not registry.takes("generators", recipe["generator"], "scale", source, "generator"):
+        raise RecipeError(f"generator '{recipe['generator']['type']}' does not upsample (data.scale: "
+                          f"{inputs['scale']}); use one that does, e.g. rrdbnet", source, "generator")
     return registry.build("generators", recipe["generator"], source, "generator", **inputs)
 
 
@@ -113,20 +126,29 @@ class Parts:
         such patches (a thin 3D slab through a deep discriminator) is a one-line recipe
         error, not a torch error at the first step."""
         if self._generator is not None:
-            self._check_patch(unwrap(self._generator), "generator", input_channels(self.recipe))
+            out = self._check_patch(unwrap(self._generator), "generator", input_channels(self.recipe),
+                                    tuple(self.recipe["data"]["patch_size"]))
+            expected = output_patch(self.recipe)
+            if tuple(out.shape[2:]) != expected:
+                raise RecipeError(f"the generator turns a {'x'.join(map(str, self.recipe['data']['patch_size']))} "
+                                  f"patch into {'x'.join(map(str, out.shape[2:]))}, not "
+                                  f"{'x'.join(map(str, expected))} (data.patch_size x data.scale)",
+                                  self.source, "generator")
         if self._discriminator is not None:
-            self._check_patch(unwrap(self._discriminator), "discriminator", self._discriminator_channels)
+            self._check_patch(unwrap(self._discriminator), "discriminator", self._discriminator_channels,
+                              output_patch(self.recipe))
 
-    def _check_patch(self, network: torch.nn.Module, role: str, in_channels: int) -> None:
-        patch = tuple(self.recipe["data"]["patch_size"])
+    def _check_patch(self, network: torch.nn.Module, role: str, in_channels: int, patch) -> torch.Tensor:
         was_training = network.training
         network.eval()  # batch statistics of one sample would fail on a 1x1 map
         try:
             with torch.no_grad():
-                network(torch.zeros(1, in_channels, *patch, device=self.device))
+                return first_output(network(torch.zeros(1, in_channels, *patch, device=self.device)))
         except (RuntimeError, ValueError) as error:
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            raise RecipeError(f"cannot take patches of {'x'.join(map(str, patch))} (data.patch_size): "
+            which = "data.patch_size" if self.recipe["data"].get("scale", 1) == 1 or role == "generator" \
+                else "data.patch_size x data.scale"
+            raise RecipeError(f"cannot take patches of {'x'.join(map(str, patch))} ({which}): "
                               f"{reason}", self.source, role) from error
         finally:
             network.train(was_training)
@@ -160,7 +182,7 @@ class Parts:
             check = getattr(module, "check_patch", None)
             if callable(check):  # a loss that cannot take the recipe's patches says so now
                 try:
-                    check(tuple(self.recipe["data"]["patch_size"]))
+                    check(output_patch(self.recipe))
                 except ValueError as error:
                     raise RecipeError(str(error), self.source, f"losses.{name}") from error
             if isinstance(module, torch.nn.Module):

@@ -18,6 +18,7 @@ BUILTIN_PLUGINS = (
     "toolbox_plugins.monai_nets",
     "toolbox_plugins.pix2pix",
     "toolbox_plugins.adl",
+    "toolbox_plugins.esrgan",
     "toolbox_plugins.wgan",
     "toolbox_plugins.vgg",
     "toolbox_plugins.resunet",

@@ -106,7 +106,10 @@ SCHEMA = Section(
                         "high": Value(NUMBER),
                     },
                 ),
-                "patch_size": Value((list,), required=True),
+                "patch_size": Value((list,), required=True, help="the generator's input patch"),
+                "scale": Value((int,), default=1, choices=(1, 2, 4),
+                               help="super-resolution: the output has scale x the input's size along every "
+                                    "spatial axis (the noise model or paired data makes low-resolution inputs)"),
                 "noise": Part("noise_models"),
                 "noise_copies": Value((int,), default=4,
                                       help="whole-image noise (low_dose_ct): noisy copies per training image"),
@@ -147,6 +150,9 @@ SCHEMA = Section(
                 "ema": Value((float, int), default=0.0,
                              help="decay of an average of the generator's weights used for validation "
                                   "and inference (e.g. 0.999); 0 = off"),
+                "lr_schedule": Value((dict,), help="every optimizer's rate over the run: {type: constant | "
+                                                   "step (every, factor) | multistep (milestones, factor) | "
+                                                   "cosine (min_factor, steps)}, each with warmup"),
                 "val_every": Value((int,), default=100),
                 "log_every": Value((int,), default=10),
                 "checkpoint_every": Value((int,), default=100),
@@ -339,6 +345,10 @@ def validate(raw: dict, source: str, base: Path | None = None, registry=None) ->
     ema = data["train"]["ema"]
     if ema and not 0.0 < ema < 1.0:
         raise RecipeError(f"a decay between 0 and 1 (e.g. 0.999), or 0 for none; got {ema}", source, "train.ema")
+    if data["train"]["lr_schedule"] is not None:
+        from toolbox.lr_schedule import LearningRateSchedule
+
+        LearningRateSchedule(data["train"]["lr_schedule"], data["train"]["steps"], source)  # checks the keys
     if registry is not None:
         check_parts_against_registry(data, source, registry)
     return Recipe(data, source)
@@ -352,6 +362,14 @@ def _check_data(section: dict, source: str) -> None:
             f"expected {dims} positive integers (one per spatial axis), got {patch!r}",
             source, "data.patch_size",
         )
+    if section["scale"] > 1:
+        clash = [key for key, on in (("context_slices", section["context_slices"] > 1),
+                                     ("noise_level_map", section["noise_level_map"]),
+                                     ("target: noisy_copy", section["target"] == "noisy_copy"),
+                                     ("frame_pairs", section["frame_pairs"])) if on]
+        if clash:
+            raise RecipeError(f"super-resolution (scale {section['scale']}) does not combine with "
+                              f"{', '.join(clash)}", source, "data.scale")
     context = section["context_slices"]
     if context < 1 or context % 2 == 0:
         raise RecipeError(f"must be an odd number >= 1, got {context}", source, "data.context_slices")

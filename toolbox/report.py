@@ -22,6 +22,7 @@ from toolbox.figures import write_figure
 from toolbox.infer import denoise_units
 from toolbox.data.volumes import write_volume
 from toolbox.metrics import psnr_ssim
+from toolbox.resolution import upsample
 
 
 @dataclass
@@ -46,7 +47,7 @@ def evaluate_held_out(generator, held_out, spatial_dims, roi, norm_spec, overlap
                                  overlap, autocast_dtype=amp_dtype, context=context,
                                  noise_level_map=noise_level_map, noise_spec=noise_spec)
         dims = item.clean.ndim - 1
-        pn, sn = psnr_ssim(item.noisy, item.clean, dims, item.data_range)
+        pn, sn = psnr_ssim(item.noisy_on_clean_grid(), item.clean, dims, item.data_range)
         pd, sd = psnr_ssim(denoised, item.clean, dims, item.data_range)
         rows.append(EvalRow(item.name, pn, sn, pd, sd, item.data_range))
         if keep:
@@ -64,17 +65,24 @@ def write_held_out_outputs(run_dir: Path, held_out, outputs, rows, description: 
     for item, denoised, row in zip(held_out, outputs, rows):
         stem = item.name.split(".")[0]
         figure = run_dir / "figures" / f"{stem}.png"
-        write_figure(figure, [("noisy", item.noisy, (row.psnr_noisy, row.ssim_noisy)),
+        noisy_label = "noisy" if item.scale == 1 else f"noisy, {'bicubic' if item.clean.ndim == 3 else 'tricubic'} x{item.scale}"
+        write_figure(figure, [(noisy_label, item.noisy_on_clean_grid(), (row.psnr_noisy, row.ssim_noisy)),
                               ("denoised", denoised, (row.psnr, row.ssim)),
                               ("clean", item.clean, None)], item.slice_axis, item.display)
         written.append(figure)
         if item.volume is None:  # read through a MONAI reader: no template to write back
             continue
-        template, shape = item.volume, item.volume.array.shape
+        template = item.volume
         if template.format == "nifti":  # float32, so that the files hold what was scored
             template = dataclasses.replace(template, stored_dtype=np.dtype(np.float32),
                                            value_range=(-np.inf, np.inf))
+        kept = [s for s in template.array.shape[1:] if s > 1]
+        if kept != [s for s in item.clean.shape[1:] if s > 1]:
+            continue  # the clean image was cropped (to whole blocks for super-resolution): no template
         for prefix, units in (("noisy", item.noisy), ("denoised", denoised)):
+            # Back to the file's axes (singletons kept); a low-resolution input gets a coarser grid.
+            sizes = iter(units.shape[1:])
+            shape = (units.shape[0],) + tuple(1 if s == 1 else next(sizes) for s in template.array.shape[1:])
             written.append(write_volume(template, units.reshape(shape),
                                         run_dir / "held_out" / f"{prefix}_{item.name}",
                                         f"{prefix} {description}"[:60], formats, overwrite=True))
@@ -99,7 +107,7 @@ def score_reference(held_out, norm_spec: dict, spatial_dims: int) -> list[dict]:
     name, method = classical_reference(spatial_dims)
     scores = []
     for item in held_out:
-        sigma = rms_difference(item.noisy, item.clean)
+        sigma = item.true_sigma if item.true_sigma is not None else rms_difference(item.noisy, item.clean)
         # A 2D method on a 3D held-out volume goes plane by plane, as a 2D model does.
         if spatial_dims == 2 and item.clean.ndim == 4:
             axis = 1 + (item.slice_axis or 0)
@@ -108,6 +116,7 @@ def score_reference(held_out, norm_spec: dict, spatial_dims: int) -> list[dict]:
             result = np.stack(planes, axis=axis)
         else:
             result = run_baseline(method, norm_spec, item.noisy, sigma)
+        result = upsample(result, item.clean.shape[1:])  # super-resolution: then interpolated
         psnr, ssim = psnr_ssim(result, item.clean, item.clean.ndim - 1, item.data_range)
         scores.append({"method": name, "psnr": psnr, "ssim": ssim, "sigma": sigma})
     return scores
@@ -130,7 +139,9 @@ def final_report(run_dir: Path, config: dict, data, generator, validate, started
         "reference": {"method": reference[0]["method"] if reference else None,
                       "psnr": float(np.mean([r["psnr"] for r in reference])) if reference else None,
                       "ssim": float(np.mean([r["ssim"] for r in reference])) if reference else None,
-                      "note": "given the true noise SD (RMS of noisy - clean)"},
+                      "note": "given the true noise SD (RMS of noisy - clean)"
+                              + ("; then interpolated to the output grid (cubic)" if data.held_out
+                                 and data.held_out[0].scale > 1 else "")},
         "seconds": round(time.time() - started, 1),
         "outputs": [str(p) for p in written],
     }

@@ -49,6 +49,16 @@ class Scheme:
         raise NotImplementedError
 
     # -- helpers for subclasses ---------------------------------------------------------
+    @staticmethod
+    def set_base_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+        """Change an optimizer's rate on purpose (a phase of the method); ``train.lr_schedule``
+        keeps scaling the new rate."""
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"] = lr
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return dict(self._optimizers)
+
     def generate(self, source: torch.Tensor) -> torch.Tensor:
         """The generator's (first, full-size) output for ``source``."""
         return first_output(self.generator(source))

@@ -20,6 +20,7 @@ from toolbox.data.sampling import batch_indices, make_loader
 from toolbox.distributed import barrier, broadcast_from_main, init_distributed, mean_over_ranks, run_on_main, unwrap
 from toolbox.ema import WeightAverage
 from toolbox.errors import ToolboxError
+from toolbox.lr_schedule import LearningRateSchedule
 from toolbox.parts import Parts
 from toolbox.pretrained import initial_weights
 from toolbox.recipe import Recipe
@@ -69,6 +70,8 @@ class Training:
                                                            f"{recipe.source}, key 'train.init_from'"))
         # train.ema: validation, the best checkpoint and inference use averaged weights.
         self.ema = WeightAverage(self.generator, float(self.train_cfg["ema"])) if self.train_cfg["ema"] else None
+        self.lr_schedule = LearningRateSchedule(self.train_cfg["lr_schedule"], int(self.train_cfg["steps"]),
+                                                recipe.source)
         self.start_step, self.best_psnr = 0, -float("inf")
         if last is None:
             info = {"seed": int(config["seed"]), "profile": recipe.profile, "parameters": self.parameter_counts(),
@@ -126,6 +129,7 @@ class Training:
             yield [self.parts.to_device(next(loader)) for _ in range(per_step)]
 
     def step(self, batches, step: int) -> dict[str, torch.Tensor]:
+        self.lr_schedule.apply(self.scheme.optimizers().values(), step)
         try:
             return self.scheme.train_step(batches, step)
         except RuntimeError as error:

@@ -71,8 +71,7 @@ class ADLScheme(GANScheme):
                 denoised = self.generate(batch["input"])
             return self._discriminator_update(batch, denoised)
         if phase == "adversarial" and step == self.warmup_g + self.warmup_d + 1 and self.d_lr:
-            for group in self.opt_d.param_groups:
-                group["lr"] = self.d_lr
+            self.set_base_lr(self.opt_d, self.d_lr)
         adversarial = phase == "adversarial" and not self.release_compat
         logged, outputs = self.generator_update(batch, adversarial=adversarial)
         if phase == "adversarial" and step % self.d_every == 0:

@@ -23,7 +23,7 @@ from toolbox.data.normalize import Normalizer, data_range, describe_range, fit_n
 from toolbox.data.readers import read_image
 from toolbox.data.volumes import Volume, expand_inputs, formats_of, read_volume, squeeze_spacing, squeeze_spatial
 from toolbox.errors import ToolboxError
-from toolbox.noise_level import measured_level, with_level_channel
+from toolbox.noise_level import measured_level, rms_difference, with_level_channel
 
 
 @dataclass
@@ -42,6 +42,19 @@ class HeldOut:
     display: Normalizer  # maps the clean image to 0..1 for figures
     slice_axis: int | None = None  # for a 2D model on a 3D held-out volume
     volume: Volume | None = None  # the file as read (template for writing outputs)
+    true_sigma: float | None = None  # the noise SD when noisy - clean cannot tell (super-resolution)
+
+    @property
+    def scale(self) -> int:
+        """Super-resolution: how many times larger the clean image is than the noisy input."""
+        return self.clean.shape[-1] // self.noisy.shape[-1]
+
+    def noisy_on_clean_grid(self) -> np.ndarray:
+        """The noisy input on the clean image's grid (cubic interpolation when it is smaller):
+        what "do nothing" means for a super-resolution model."""
+        from toolbox.resolution import upsample
+
+        return upsample(self.noisy, self.clean.shape[1:])
 
 
 def _pad_to(array: np.ndarray, size) -> np.ndarray:
@@ -68,7 +81,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __init__(self, clean, patch_size, seed, noise=None, noisy=None, augment=True, length=None,
                  context: int = 1, normalizers=None, noisy_target: bool = False, noise_level_map: bool = False,
-                 reference_levels=None):
+                 reference_levels=None, scale: int = 1):
         # Normalised float32 arrays (C, *spatial); for 2.5D (context > 1) volumes (C, S, H, W)
         # with the slice axis first, giving a stack of `context` slices around a middle one.
         self.context = context
@@ -86,6 +99,7 @@ class PatchDataset(torch.utils.data.Dataset):
         # The clean images' own noise (normalised units), added to the measured level so that
         # training gives the level the estimate will see in use (``data.reference_noise``).
         self.reference_levels = reference_levels
+        self.scale = scale  # super-resolution: the target is `scale` times the input's size
         sizes = np.array([float(np.prod(a.shape[1:])) for a in clean])
         self.weights = sizes / sizes.sum()  # large images give proportionally more patches
         self.length = length or 2**31 - 1
@@ -109,14 +123,24 @@ class PatchDataset(torch.utils.data.Dataset):
             rows = np.clip(np.arange(middle - half, middle + half + 1), 0, clean.shape[1] - 1)
             clean = clean[:, rows]
             noisy = noisy[:, rows] if noisy is not None else None
-        size = tuple(clean.shape[1:-len(self.patch_size)]) + self.patch_size
-        clean = _pad_to(clean, size)
-        noisy = _pad_to(noisy, size) if noisy is not None else None
         lead = clean.ndim - 1 - len(self.patch_size)  # the stack axis, if any, is not cropped
-        starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(clean.shape[1 + lead:], self.patch_size)]
-        window = (slice(None),) * (1 + lead) + tuple(slice(s, s + p) for s, p in zip(starts, self.patch_size))
-        clean = clean[window]
-        noisy = noisy[window] if noisy is not None else None
+        # Crops on the input's grid; with super-resolution the target's window is `scale`
+        # times larger at the same place (synthetic noise: the clean crop is the large one,
+        # made small by the noise model).
+        scale = self.scale
+        in_patch = self.patch_size if noisy is not None else tuple(p * scale for p in self.patch_size)
+        grid = noisy if noisy is not None else clean
+        grid = _pad_to(grid, tuple(grid.shape[1:1 + lead]) + in_patch)
+        starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(grid.shape[1 + lead:], in_patch)]
+        window = (slice(None),) * (1 + lead) + tuple(slice(s, s + p) for s, p in zip(starts, in_patch))
+        if noisy is not None:
+            noisy = grid[window]
+            factor = scale  # the clean image is `scale` times the noisy one
+            clean = _pad_to(clean, tuple(clean.shape[1:1 + lead]) + tuple(p * factor for p in grid.shape[1 + lead:]))
+            clean = clean[(slice(None),) * (1 + lead)
+                          + tuple(slice(s * factor, (s + p) * factor) for s, p in zip(starts, in_patch))]
+        else:
+            clean = grid[window]
         if self.augment:
             # Flips along every axis and (in-plane) 90-degree turns when the patch is square.
             for axis in range(1, clean.ndim):
@@ -130,6 +154,11 @@ class PatchDataset(torch.utils.data.Dataset):
         stack = torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32))
         if noisy is None:
             source = self._noisy(stack, which, noise_generator)
+            if tuple(source.shape[-len(self.patch_size):]) != self.patch_size:
+                raise ToolboxError(
+                    f"the noise model turned a {'x'.join(map(str, stack.shape[1:]))} patch into "
+                    f"{'x'.join(map(str, source.shape[1:]))}; with data.scale {scale} it must return "
+                    f"{'x'.join(map(str, self.patch_size))} (e.g. {{type: sr_degradation, scale: {scale}}})")
         else:
             source = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32))
         level = measured_level(source, stack) if self.noise_level_map else None
@@ -258,11 +287,18 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
         reference_levels = [estimated_sigma(a, data.get("noise")) for a in train_arrays]
     train = PatchDataset(train_arrays, data["patch_size"], seed, noise, train_noisy, data["augment"],
                          context=context, normalizers=normalizers, noisy_target=data["target"] == "noisy_copy",
-                         noise_level_map=data["noise_level_map"], reference_levels=reference_levels)
+                         noise_level_map=data["noise_level_map"], reference_levels=reference_levels,
+                         scale=int(data.get("scale", 1)))
 
     held_out = []
+    scale = int(data.get("scale", 1))
     for index, loaded in enumerate(clean_val):
         clean = loaded.array.astype(np.float32)
+        if scale > 1 and clean.ndim - 1 != dims:
+            raise ToolboxError(f"{loaded.path}: super-resolution (data.scale) validates on {dims}D images; "
+                               f"this one has shape {clean.shape[1:]}")
+        if scale > 1 and not noisy_val:  # the degradation bins scale x scale blocks: whole blocks only
+            clean = clean[(slice(None),) + scaled_axes_crop(clean.shape[1:], scale, dims, loaded.slice_axis)]
         display = fit_normalizer(norm_spec, clean)
         if noisy_val:
             noisy = noisy_val[index].array.astype(np.float32)
@@ -270,8 +306,15 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
             generator = torch.Generator().manual_seed(int(data["val_seed"]) + index)
             noisy = noisy_in_units(noise, clean, display, generator, loaded.spacing, loaded.slice_axis,
                                    where=loaded.path)
+        true_sigma = None
+        if noisy.shape != clean.shape and callable(getattr(noise, "noise_free", None)):
+            # The degradation without its noise (same draws): what the noise was added to.
+            generator = torch.Generator().manual_seed(int(data["val_seed"]) + index)
+            normalised = torch.from_numpy(display.forward(clean).astype(np.float32))
+            noise_free = display.inverse(noise.noise_free(normalised, generator).float().numpy())
+            true_sigma = rms_difference(noisy, noise_free)
         held_out.append(HeldOut(loaded.path.name, clean, noisy, data_range(norm_spec, clean), display,
-                                loaded.slice_axis, loaded.volume))
+                                loaded.slice_axis, loaded.volume, true_sigma))
     note = describe_range(norm_spec)
     return DataBundle(train, held_out, dims, data["channels"], note, formats)
 
@@ -330,6 +373,25 @@ def noisy_in_units(noise, clean: np.ndarray, normalizer: Normalizer | None, gene
     return normalizer.inverse(noise(normalised, generator).float().numpy()).astype(np.float32)
 
 
+def scaled_axes(shape, dims: int, slice_axis: int | None) -> list[bool]:
+    """Which spatial axes a model of ``dims`` dimensions scales: all of them, except the
+    slice axis when a 2D model goes through a 3D volume slice by slice."""
+    if len(shape) == dims:
+        return [True] * len(shape)
+    axis = 0 if slice_axis is None else slice_axis
+    return [i != axis for i in range(len(shape))]
+
+
+def scaled_shape(shape, scale: int, dims: int, slice_axis: int | None = None) -> tuple[int, ...]:
+    """The output shape of a ``scale`` x model on an input of spatial ``shape``."""
+    return tuple(s * scale if on else s for s, on in zip(shape, scaled_axes(shape, dims, slice_axis)))
+
+
+def scaled_axes_crop(shape, scale: int, dims: int, slice_axis: int | None = None) -> tuple[slice, ...]:
+    """Slices that trim the scaled axes of ``shape`` to whole multiples of ``scale``."""
+    return tuple(slice(0, s - s % scale if on else s) for s, on in zip(shape, scaled_axes(shape, dims, slice_axis)))
+
+
 def _read_paired(paired: dict, split: str, data: dict, reader, formats):
     noisy_files = expand_inputs(paired.get(f"{split}_noisy") or [], formats)
     clean_files = expand_inputs(paired.get(f"{split}_clean") or [], formats)
@@ -341,13 +403,16 @@ def _read_paired(paired: dict, split: str, data: dict, reader, formats):
             f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (pairs match by file name)"
         )
     noisy, clean = [], []
+    scale = int(data.get("scale", 1))
     for f in noisy_files:
         n = _load(f, data, reader, formats)
         c = _load(clean_by_name[f.name], data, reader, formats)
-        if n.array.shape != c.array.shape:
+        expected = scaled_shape(n.array.shape[1:], scale, data["spatial_dims"], n.slice_axis)
+        if tuple(c.array.shape[1:]) != expected or n.array.shape[0] != c.array.shape[0]:
+            wanted = f"{'x'.join(map(str, expected))} (data.scale {scale})" if scale > 1 else "the same"
             raise ToolboxError(
-                f"{f}: shape {n.array.shape[1:]} differs from its clean image "
-                f"{clean_by_name[f.name]} {c.array.shape[1:]}"
+                f"{f}: shape {n.array.shape[1:]}; its clean image {clean_by_name[f.name]} is "
+                f"{c.array.shape[1:]}, expected {wanted}"
             )
         noisy.append(n)
         clean.append(c)

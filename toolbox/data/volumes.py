@@ -15,6 +15,7 @@ along which a 2D model is applied slice by slice.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,13 @@ class Volume:
         """Padding voxels exactly as they came in (viewers recognise padding by its value)."""
         if self.padding is None or not self.padding.any():
             return units
-        return np.where(self.padding, self.array, units).astype(np.float32)
+        mask, original = self.padding, self.array
+        if units.shape != original.shape:  # super-resolution: each input voxel became a block
+            from toolbox.resolution import scale_factors
+
+            for axis, factor in enumerate(scale_factors(original.shape, units.shape), start=1):
+                mask, original = np.repeat(mask, factor, axis), np.repeat(original, factor, axis)
+        return np.where(mask, original, units).astype(np.float32)
 
     @property
     def spatial_dims(self) -> int:
@@ -170,6 +177,30 @@ class ImageFormat(abc.ABC):
     def write(self, volume: Volume, units: np.ndarray, output: Path, description: str, overwrite: bool) -> None:
         raise ToolboxError(f"{output}: {self.name} images cannot be written; write to another format")
 
+    def rescaled(self, volume: Volume, factors: tuple[int, ...]) -> Volume:
+        """``volume`` as a template for an output ``factors`` times larger along each spatial
+        axis (super-resolution; a factor below 1 is a coarser grid) covering the same
+        physical extent: spacing divided by the factor, the first voxel centre moved by
+        ``spacing * (1 / factor - 1) / 2`` along each axis (a quarter of the old spacing back
+        at 2x), headers updated."""
+        raise ToolboxError(f"{volume.path}: {self.name} outputs cannot change size (super-resolution) here; "
+                           "write to NIfTI (.nii.gz) instead")
+
+
+def rescaled_template(volume: Volume, factors, **meta) -> Volume:
+    """A copy of ``volume`` for a ``factors`` x larger output (for ``ImageFormat.rescaled``):
+    no pixels of its own (writers take the new values), no padding mask, spacing divided."""
+    shape = (volume.array.shape[0],) + tuple(int(round(s * f)) for s, f in zip(volume.array.shape[1:], factors))
+    spacing = (tuple(s / f for s, f in zip(volume.spacing, factors)) if volume.spacing is not None else None)
+    return dataclasses.replace(volume, array=np.broadcast_to(np.float32(0), shape), padding=None, spacing=spacing,
+                               meta={**volume.meta, **meta})
+
+
+def first_centre_shift(factor: float) -> float:
+    """Where the first voxel centre of a ``factor`` x finer grid lies, in old voxels from the
+    old first centre (the same extent tiled by smaller voxels): -0.25 at 2x."""
+    return (1.0 / factor - 1.0) / 2.0
+
 
 def formats_of(registry) -> list[ImageFormat]:
     """Every registered format, built, in registration order (built-ins first)."""
@@ -231,14 +262,19 @@ def read_volume(path, formats: list[ImageFormat], series: str | None = None, cha
 
 def write_volume(volume: Volume, units: np.ndarray, output: Path, description: str, formats: list[ImageFormat],
                  overwrite: bool = False) -> Path:
-    """Write ``units`` (float, same shape as ``volume.array``) to ``output`` with the format
-    that read ``volume``, like it (geometry and headers kept, written atomically)."""
-    if units.shape != volume.array.shape:
-        raise ValueError(f"output shape {units.shape} differs from input {volume.array.shape}")
+    """Write ``units`` (float, same shape as ``volume.array``, or whole multiples of it from a
+    super-resolution model) to ``output`` with the format that read ``volume``, like it
+    (geometry and headers kept or rescaled, written atomically)."""
     output = Path(output)
     image_format = next((f for f in formats if f.name == volume.format), None)
     if image_format is None:
         raise ToolboxError(f"{output}: no registered format '{volume.format}' to write this image with")
+    if units.shape != volume.array.shape:  # a super-resolution output: the geometry changes with it
+        from toolbox.resolution import scale_factors
+
+        if units.shape[0] != volume.array.shape[0] or units.ndim != volume.array.ndim:
+            raise ValueError(f"output shape {units.shape} does not fit input {volume.array.shape}")
+        volume = image_format.rescaled(volume, scale_factors(volume.array.shape, units.shape))
     if output.exists() and overwrite and output.is_dir() and not getattr(image_format, "folders", False):
         raise ToolboxError(f"{output}: is a folder; a {volume.format} input gives a file")
     try:

@@ -332,3 +332,8 @@ class DicomFormat(ImageFormat):
 
     def write(self, volume, units, output, description, overwrite):
         write_dicom(volume, units, output, description, overwrite)
+
+    def rescaled(self, volume, factors):
+        from toolbox.formats.dicom_geometry import rescaled_dicom
+
+        return rescaled_dicom(volume, factors)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolbox.data.volumes import ImageFormat, Volume, check_finite, dtype_range, file_starts_with, to_stored, write_file
+from toolbox.data.volumes import (ImageFormat, Volume, check_finite, dtype_range, file_starts_with,
+                                  first_centre_shift, rescaled_template, to_stored, write_file)
 from toolbox.errors import ToolboxError
 
 
@@ -59,3 +60,12 @@ class ItkFormat(ImageFormat):
 
     def write(self, volume, units, output, description, overwrite):
         write_itk(volume, units, output, description, overwrite)
+
+    def rescaled(self, volume, factors):
+        # ITK's axes are the array's reversed ((z, y, x) array, (x, y, z) spacing).
+        itk_factors = list(reversed(tuple(factors)))
+        spacing = np.array(volume.meta["spacing"], dtype=float)
+        shift = np.array([first_centre_shift(f) for f in itk_factors]) * spacing
+        origin = np.array(volume.meta["origin"], dtype=float) + volume.meta["direction"] @ shift
+        return rescaled_template(volume, factors, spacing=tuple(spacing / np.array(itk_factors)),
+                                 origin=tuple(origin))

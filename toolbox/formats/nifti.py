@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolbox.data.volumes import (ImageFormat, Volume, check_finite, dtype_range, file_starts_with, to_stored,
-                                  write_file)
+from toolbox.data.volumes import (ImageFormat, Volume, check_finite, dtype_range, file_starts_with,
+                                  first_centre_shift, rescaled_template, to_stored, write_file)
 from toolbox.errors import ToolboxError
 
 
@@ -122,3 +122,23 @@ class NiftiFormat(ImageFormat):
 
     def write(self, volume, units, output, description, overwrite):
         write_nifti(volume, units, output, description, overwrite)
+
+    def rescaled(self, volume, factors):
+        return rescaled_nifti(volume, factors)
+
+
+def rescaled_nifti(volume: Volume, factors) -> Volume:
+    """The template of a finer grid: the affine maps each new voxel index to the physical
+    point of its centre (NIfTI voxel axes are the array's spatial axes)."""
+    factors = list(factors) + [1] * (3 - len(factors))
+    grid = np.eye(4)
+    for axis, factor in enumerate(factors):
+        grid[axis, axis] = 1.0 / factor
+        grid[axis, 3] = first_centre_shift(factor)
+    affine = volume.meta["affine"] @ grid
+    header = volume.meta["header"].copy()
+    shape = list(header.get_data_shape())
+    header.set_data_shape([s * f for s, f in zip(shape, factors)] + shape[len(factors):])
+    header.set_sform(affine)
+    header.set_qform(affine)
+    return rescaled_template(volume, factors[: volume.array.ndim - 1], affine=affine, header=header)

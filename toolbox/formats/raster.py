@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolbox.data.volumes import ImageFormat, Volume, check_finite, dtype_range, file_starts_with, to_stored, write_file
+from toolbox.data.volumes import (ImageFormat, Volume, check_finite, dtype_range, file_starts_with,
+                                  rescaled_template, to_stored, write_file)
 from toolbox.errors import ToolboxError
 
 
@@ -18,6 +19,7 @@ def read_tiff(path: Path) -> Volume:
             series = tif.series[0]
             data = series.asarray()
             axes = series.axes
+            resolution = _resolution(tif)
     except Exception as error:  # noqa: BLE001
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ToolboxError(f"{path}: cannot read this TIFF file ({reason[:200]})") from error
@@ -38,8 +40,27 @@ def read_tiff(path: Path) -> Volume:
     check_finite(array, path)
     return Volume(
         array=array, path=path, format="tiff", stored_dtype=dtype, value_range=dtype_range(dtype),
-        slice_axis=0 if array.ndim == 4 else None, meta={"axes": series.axes}, name=path.name,
+        slice_axis=0 if array.ndim == 4 else None, meta={"axes": series.axes, **resolution}, name=path.name,
     )
+
+
+def _resolution(tif) -> dict:
+    """Pixels per unit along X and Y (the TIFF tags) and the unit, when the file has them;
+    ImageJ's slice spacing of a stack too."""
+    page = tif.pages[0]
+    found = {}
+    x, y = page.tags.get("XResolution"), page.tags.get("YResolution")
+    if x is not None and y is not None:
+        def ratio(value):
+            return float(value[0]) / float(value[1]) if isinstance(value, tuple) else float(value)
+
+        found["resolution"] = (ratio(x.value), ratio(y.value))
+        unit = page.tags.get("ResolutionUnit")
+        found["resolution_unit"] = int(unit.value) if unit is not None else 2
+    spacing = (tif.imagej_metadata or {}).get("spacing")
+    if spacing:
+        found["z_spacing"] = float(spacing)
+    return found
 
 
 def write_tiff(volume: Volume, units: np.ndarray, output: Path, description: str, overwrite: bool) -> None:
@@ -50,8 +71,27 @@ def write_tiff(volume: Volume, units: np.ndarray, output: Path, description: str
     channel = next((i for i, a in enumerate(axes) if a in "SC"), None)
     data = stored[0] if channel is None else np.moveaxis(stored, 0, channel)
     photometric = "rgb" if channel is not None and "S" in axes and data.shape[channel] in (3, 4) else "minisblack"
+    extra = {}
+    if "resolution" in volume.meta:
+        extra = {"resolution": volume.meta["resolution"], "resolutionunit": volume.meta["resolution_unit"]}
+    metadata = {"axes": axes}
+    if "z_spacing" in volume.meta:
+        metadata["spacing"] = volume.meta["z_spacing"]
     write_file(output, overwrite, lambda path: tifffile.imwrite(
-        path, data, photometric=photometric, description=description, metadata={"axes": axes}))
+        path, data, photometric=photometric, description=description, metadata=metadata, **extra))
+
+
+def rescaled_tiff(volume: Volume, factors) -> Volume:
+    """A finer grid for TIFF: the resolution tags (pixels per unit) grow with the factors.
+    TIFF holds no origin, so the pixel grid's offset is not stored (viewers put pixel 0 at
+    the image corner, which is where it stays)."""
+    meta = {}
+    if "resolution" in volume.meta:
+        x, y = volume.meta["resolution"]
+        meta["resolution"] = (x * factors[-1], y * factors[-2])
+    if "z_spacing" in volume.meta and len(factors) == 3:
+        meta["z_spacing"] = volume.meta["z_spacing"] / factors[0]
+    return rescaled_template(volume, factors, **meta)
 
 
 def read_png(path: Path) -> Volume:
@@ -97,6 +137,9 @@ class TiffFormat(ImageFormat):
 
     def write(self, volume, units, output, description, overwrite):
         write_tiff(volume, units, output, description, overwrite)
+
+    def rescaled(self, volume, factors):
+        return rescaled_tiff(volume, factors)
 
 
 class PngFormat(ImageFormat):
