@@ -134,6 +134,7 @@ def final_report(run_dir: Path, config: dict, data, generator, validate, started
         "data_range": data.data_range_note,
         "units": "the images' own units, whole image, unclipped",
         "best_step": best["step"],
+        "scale": data.held_out[0].scale if data.held_out else 1,
         "images": [{**r.__dict__, "reference": ref} for r, ref in zip(rows, reference)],
         "mean": {k: mean(rows, k) for k in ("psnr_noisy", "ssim_noisy", "psnr", "ssim")},
         "reference": {"method": reference[0]["method"] if reference else None,
@@ -163,7 +164,12 @@ def print_report(report: dict, console) -> None:
                         f"({report['data_range']})")
     ref = report.get("reference") or {}
     ref_name = SHORT_NAMES.get(ref.get("method"), ref.get("method"))
-    columns = ["image", "noisy", "denoised"] + ([ref_name] if ref_name else []) + ["gain dB"]
+    scale = int(report.get("scale", 1))
+    noisy = "noisy" if scale == 1 else f"noisy, cubic x{scale}"
+    if ref_name and scale > 1:  # super-resolution: the classical method at the input's size, then cubic
+        ref_name = f"{ref_name} + cubic x{scale}"
+    columns = ["image", noisy, "denoised" if scale == 1 else f"model x{scale}"] + ([ref_name] if ref_name else [])
+    columns += ["gain dB"]
     columns += [f"vs {ref_name} dB"] if ref_name else []
     for column in columns:
         table.add_column(column, justify="left" if column == "image" else "right", no_wrap=True)
