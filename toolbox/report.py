@@ -65,7 +65,7 @@ def write_held_out_outputs(run_dir: Path, held_out, outputs, rows, description: 
     for item, denoised, row in zip(held_out, outputs, rows):
         stem = item.name.split(".")[0]
         figure = run_dir / "figures" / f"{stem}.png"
-        noisy_label = "noisy" if item.scale == 1 else f"noisy, {'bicubic' if item.clean.ndim == 3 else 'tricubic'} x{item.scale}"
+        noisy_label = "noisy" if item.scale == 1 else f"noisy, cubic x{item.scale}"
         write_figure(figure, [(noisy_label, item.noisy_on_clean_grid(), (row.psnr_noisy, row.ssim_noisy)),
                               ("denoised", denoised, (row.psnr, row.ssim)),
                               ("clean", item.clean, None)], item.slice_axis, item.display)
