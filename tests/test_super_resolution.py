@@ -288,3 +288,16 @@ def test_evaluate_compares_with_interpolation_and_baselines_then_interpolation(s
     assert all(row["sigma_known"] for row in report["rows"])  # the degradation says what its noise was
     model_row = next(r for r in report["rows"] if r["method"].startswith("model"))
     assert np.isfinite(model_row["psnr"]) and (tmp_path / "ev" / "figures" / "cells.png").is_file()
+
+
+def test_a_low_resolution_copy_of_a_series_sits_at_the_centres_of_slice_pairs(tmp_path):
+    """The held-out noisy input of a 3D super-resolution run is written on the coarser grid."""
+    write_ct_series(tmp_path / "series", ct_slices(4, size=16), spacing=2.5)
+    volume = toolbox.read_volume(tmp_path / "series")
+    toolbox.write_volume(volume, np.zeros((1, 2, 8, 8), np.float32), tmp_path / "out")
+    out = toolbox.read_volume(tmp_path / "out")
+    assert out.array.shape == (1, 2, 8, 8) and out.spacing == pytest.approx((5.0, 1.4, 1.4), abs=1e-4)
+    first_two = [np.array(h.ImagePositionPatient, float) for h in volume.meta["headers"][:2]]
+    row, col = (np.array(volume.meta["headers"][0].ImageOrientationPatient[i:i + 3], float) for i in (0, 3))
+    expected = (first_two[0] + first_two[1]) / 2 + 0.5 * 0.7 * (row + col)
+    assert np.allclose(np.array(out.meta["headers"][0].ImagePositionPatient, float), expected, atol=1e-3)

@@ -1,10 +1,12 @@
-"""The headers of a DICOM series on a finer (or coarser) grid: super-resolution outputs.
+"""The headers of a DICOM series on a finer grid (super-resolution outputs) or a coarser one
+(the low-resolution input of a super-resolution run, written beside its output).
 
 Each output voxel centre is placed so that the new grid tiles the same physical extent as
 the input's: PixelSpacing divided by the factors, ImagePositionPatient moved along the row
 and column directions (ImageOrientationPatient) by ``spacing * (1 / factor - 1) / 2``, and,
 along the slices, ``factor`` slices per input slice at their own positions, with
-SliceThickness, SpacingBetweenSlices, SliceLocation and InstanceNumber to match.
+SliceThickness, SpacingBetweenSlices, SliceLocation and InstanceNumber to match (a coarser
+grid: one slice per group, at the group's centre).
 """
 
 from __future__ import annotations
@@ -40,27 +42,28 @@ def _in_plane(ds, row_factor: float, column_factor: float) -> None:
     ds.ImagePositionPatient = [_decimal(v) for v in moved]
 
 
-def _slices(headers: list, factor: int, where: Path) -> list:
-    """``factor`` headers per input slice, at the positions of the finer slice grid."""
+def _slices(headers: list, factor: float, where: Path) -> list:
+    """``factor`` headers per input slice at the positions of the finer slice grid (a factor
+    1 / k: one header per k input slices, at the centre of the k, for a coarser grid)."""
     if factor == 1:
         return headers
-    if factor < 1 or factor != int(factor):
-        raise ToolboxError(f"{where}: a DICOM series can gain slices, not lose them (factor {factor})")
     if len(headers) < 2:
-        raise ToolboxError(f"{where}: one DICOM slice cannot be split into thinner slices; write NIfTI instead")
+        raise ToolboxError(f"{where}: one DICOM slice cannot be put on another slice grid; write NIfTI instead")
     positions = [np.array(h.ImagePositionPatient, float) if "ImagePositionPatient" in h else None for h in headers]
     if any(p is None for p in positions):
-        raise ToolboxError(f"{where}: slices without ImagePositionPatient cannot be placed on a finer grid; "
+        raise ToolboxError(f"{where}: slices without ImagePositionPatient cannot be placed on another grid; "
                            "write NIfTI instead")
     steps = [positions[i + 1] - positions[i] for i in range(len(positions) - 1)]
     locations = [float(h.SliceLocation) if "SliceLocation" in h else None for h in headers]
     out = []
-    for index, source in enumerate(headers):
+    group = 1 if factor >= 1 else int(round(1 / factor))  # input slices per output slice
+    for index in range(0, len(headers), group):
+        source = headers[index]
         step = steps[min(index, len(steps) - 1)]  # to the next slice (the last one: from the one before)
         location_step = None
         if None not in locations:
             location_step = locations[min(index + 1, len(locations) - 1)] - locations[min(index, len(locations) - 2)]
-        for part in range(int(factor)):
+        for part in range(max(1, int(round(factor)))):
             fraction = first_centre_shift(factor) + part / factor
             ds = copy.deepcopy(source)
             ds.ImagePositionPatient = [_decimal(v) for v in positions[index] + step * fraction]
