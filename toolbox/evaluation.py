@@ -50,9 +50,8 @@ def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None,
     """Clean/noisy pairs in the images' own units: real noisy files, or synthetic noise whose
     level is in normalised units (as in the recipe: added to the normalised clean image)."""
     from toolbox.baselines import estimate_noise_sigma
-    from toolbox.data.datasets import noisy_in_units, scaled_axes_crop, scaled_shape
+    from toolbox.data.datasets import degradation_noise_sd, noisy_in_units, scaled_axes_crop, scaled_shape
     from toolbox.data.normalize import data_range, fit_normalizer
-    from toolbox.noise_level import rms_difference
     from toolbox.data.volumes import expand_inputs, formats_of, read_volume, squeeze_spatial
     formats = formats_of(registry)
     clean_files = expand_inputs(clean_paths, formats)
@@ -93,12 +92,7 @@ def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None,
         else:
             noisy = noisy_in_units(noise, clean, reference, torch.Generator().manual_seed(seed + index),
                                    volume.spacing, volume.slice_axis, where=path)
-        true_sd = None
-        if noisy.shape != clean.shape and callable(getattr(noise, "noise_free", None)):
-            # A degradation model: the noise SD against what it added the noise to.
-            free = noise.noise_free(torch.from_numpy(reference.forward(clean).astype(np.float32)),
-                                    torch.Generator().manual_seed(seed + index)).float().numpy()
-            true_sd = rms_difference(noisy, reference.inverse(free))
+        true_sd = degradation_noise_sd(noise, clean, noisy, reference, seed + index) if noise is not None else None
         clean, slice_axis = squeeze_spatial(clean.astype(np.float32), volume.slice_axis)
         noisy, _ = squeeze_spatial(noisy.astype(np.float32), volume.slice_axis)
         if true_sd is not None:

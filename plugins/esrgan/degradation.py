@@ -21,10 +21,10 @@ import toolbox
 SCALES = (1, 2, 4)
 
 
-def gaussian_kernel(sigma: float, generator_dtype=torch.float32) -> torch.Tensor:
+def gaussian_kernel(sigma: float, dtype=torch.float32) -> torch.Tensor:
     """A normalised 1D Gaussian of SD ``sigma`` (pixels), 3 SD to each side."""
     radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=generator_dtype)
+    x = torch.arange(-radius, radius + 1, dtype=dtype)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     return kernel / kernel.sum()
 

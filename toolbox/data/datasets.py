@@ -306,13 +306,7 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
             generator = torch.Generator().manual_seed(int(data["val_seed"]) + index)
             noisy = noisy_in_units(noise, clean, display, generator, loaded.spacing, loaded.slice_axis,
                                    where=loaded.path)
-        true_sigma = None
-        if noisy.shape != clean.shape and callable(getattr(noise, "noise_free", None)):
-            # The degradation without its noise (same draws): what the noise was added to.
-            generator = torch.Generator().manual_seed(int(data["val_seed"]) + index)
-            normalised = torch.from_numpy(display.forward(clean).astype(np.float32))
-            noise_free = display.inverse(noise.noise_free(normalised, generator).float().numpy())
-            true_sigma = rms_difference(noisy, noise_free)
+        true_sigma = degradation_noise_sd(noise, clean, noisy, display, int(data["val_seed"]) + index)
         held_out.append(HeldOut(loaded.path.name, clean, noisy, data_range(norm_spec, clean), display,
                                 loaded.slice_axis, loaded.volume, true_sigma))
     note = describe_range(norm_spec)
@@ -371,6 +365,18 @@ def noisy_in_units(noise, clean: np.ndarray, normalizer: Normalizer | None, gene
         return noise(torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32)), generator).float().numpy()
     normalised = torch.from_numpy(normalizer.forward(clean).astype(np.float32))
     return normalizer.inverse(noise(normalised, generator).float().numpy()).astype(np.float32)
+
+
+def degradation_noise_sd(noise, clean: np.ndarray, noisy: np.ndarray, normalizer: Normalizer,
+                         seed: int) -> float | None:
+    """The true noise SD (image units) of a noisy input that a degradation model made smaller
+    than ``clean`` (super-resolution), where noisy - clean cannot say: against the model's
+    ``noise_free`` output drawn with the same seed.  None when it does not apply."""
+    if noisy.shape == clean.shape or not callable(getattr(noise, "noise_free", None)):
+        return None
+    normalised = torch.from_numpy(normalizer.forward(clean).astype(np.float32))
+    free = noise.noise_free(normalised, torch.Generator().manual_seed(seed)).float().numpy()
+    return rms_difference(noisy, normalizer.inverse(free))
 
 
 def scaled_axes(shape, dims: int, slice_axis: int | None) -> list[bool]:
