@@ -21,6 +21,8 @@ class ResidualBasicUNet(torch.nn.Module):
     Any input size works: it is padded to a multiple of 16 and cropped back.
     """
 
+    size_multiple = 16  # four 2x down-samplings (toolbox.export pads inputs to it too)
+
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1,
                  features=(32, 32, 64, 128, 256, 32), act: str = "leakyrelu",
                  norm: str = "none", dropout: float = 0.0, residual: bool = True, bias: bool = True,
@@ -53,7 +55,7 @@ class ResidualBasicUNet(torch.nn.Module):
         self.image_channels = in_channels
 
     def forward(self, x):
-        padded, crop = pad_to_multiple(x, 16)
+        padded, crop = pad_to_multiple(x, self.size_multiple)
         out = self.net(padded)
         if self.residual:
             out = out + padded[:, : self.image_channels]

@@ -84,6 +84,7 @@ class Pix2PixUNet(torch.nn.Module):
         self.model = _SkipBlock(spatial_dims, f, f, in_channels=in_channels, submodule=block,
                                 outermost=True, out_channels=out_channels)
         self.multiple = 2 ** num_downs
+        self.size_multiple = self.multiple  # what toolbox.export pads inputs to
         self.output = output
         self.residual = residual
         init_normal_(self)

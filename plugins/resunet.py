@@ -107,6 +107,7 @@ class ResUNet(torch.nn.Module):
         self.out_channels = out_channels
         self.middle = (in_channels // out_channels) // 2
         self.multiple = 2**levels
+        self.size_multiple = self.multiple  # what toolbox.export pads inputs to
         self.stages = torch.nn.ModuleList(
             _ResUNetStage(spatial_dims, in_channels + (out_channels if s else 0), out_channels,
                           base_filters, levels)

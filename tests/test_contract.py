@@ -35,6 +35,12 @@ def test_discriminator_contract(name, dims):
     contract.check_discriminator(name, dims)
 
 
+@pytest.mark.parametrize("name", _names("exporters"))
+def test_exporter_contract(name):
+    pytest.importorskip("onnxruntime", reason='the export extra is not installed: pip install "denoise-toolbox[export]"')
+    contract.check_exporter(name)
+
+
 @pytest.mark.parametrize("name", _names("losses"))
 def test_loss_contract(name):
     contract.check_loss(name)
@@ -93,6 +99,7 @@ def test_pretrained_model_contract(name):
 def test_every_kind_has_a_contract_check():
     checks = {"generators": "check_generator", "discriminators": "check_discriminator", "losses": "check_loss",
               "optimizers": "check_optimizer", "noise_models": "check_noise_model", "readers": "check_reader",
-              "formats": "check_format", "schemes": "check_scheme", "models": "check_model"}
+              "formats": "check_format", "schemes": "check_scheme", "models": "check_model",
+              "exporters": "check_exporter"}
     assert set(checks) == set(KINDS)
     assert all(callable(getattr(contract, check)) for check in checks.values())

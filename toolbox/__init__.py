@@ -2,7 +2,8 @@
 
 ``toolbox`` is the only door: plugins, scripts and the built-in plugins and benchmarks use
 the names below and the public modules ``toolbox.nn`` (network helpers), ``toolbox.io``
-(reading and writing images) and ``toolbox.testing`` (contract checks for plugin authors);
+(reading and writing images), ``toolbox.export`` (export formats) and ``toolbox.testing``
+(contract checks for plugin authors);
 every other module is private and may change.
 
 Plugins:
@@ -37,7 +38,7 @@ from toolbox.meta import ENTRY_POINT_GROUP, PROJECT, __version__
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: Modules a plugin or script may import, besides ``toolbox`` itself.
-PUBLIC_MODULES = ("toolbox.nn", "toolbox.io", "toolbox.testing", "toolbox.hookspecs")
+PUBLIC_MODULES = ("toolbox.nn", "toolbox.io", "toolbox.testing", "toolbox.hookspecs", "toolbox.export")
 
 # name -> (private module, attribute): re-exported on first use.
 _LAZY = {

@@ -173,6 +173,29 @@ def cmd_models_pack(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from toolbox.export_model import export_model
+
+    if (args.model is None) == (args.model_name is None):
+        raise ToolboxError("give MODEL (a run folder or checkpoint) or --model NAME, not both")
+    registry = _registry()
+    if args.model_name is not None:
+        from toolbox.pretrained import model_file
+
+        model = model_file(registry, args.model_name)
+    else:
+        model = Path(args.model)
+    info = export_model(registry, model, args.format, Path(args.output), overwrite=args.overwrite,
+                        test_image_path=Path(args.test_image) if args.test_image else None)
+    check = info.verification
+    print(f"wrote {info.files[0]} ({info.format}) and {info.files[1]}")
+    print(f"checked with {check['runtime']} on a {check['test_input']} test input: max |difference| "
+          f"{check['max_abs_error']:.2g} against the toolbox's output (tolerance {check['tolerance']:.2g})")
+    return 0
+
+
 def cmd_interpolate(args) -> int:
     from pathlib import Path
 
@@ -373,6 +396,15 @@ def _add_tools(sub) -> None:
     pack.add_argument("--overwrite", action="store_true")
     pack.set_defaults(func=cmd_models_pack)
 
+    export = sub.add_parser("export", help="write a model as ONNX / TorchScript / ..., checked by loading it back")
+    export.add_argument("model", nargs="?", help="a run folder or checkpoint (or --model NAME)")
+    export.add_argument("--model", dest="model_name", metavar="NAME", help="a pretrained model by name")
+    export.add_argument("--format", required=True, help="an export format: toolbox list exporters")
+    export.add_argument("-o", "--output", required=True, help="the file to write (its description: OUTPUT.json)")
+    export.add_argument("--test-image", help="a real image to check the export on (default: a made one)")
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(func=cmd_export)
+
     mix = sub.add_parser("interpolate", help="blend two models' weights (ESRGAN's network interpolation)")
     mix.add_argument("first", help="a pretrained model's name, run folder or checkpoint (e.g. the fidelity model)")
     mix.add_argument("second", help="the same generator fine-tuned (e.g. adversarially)")
@@ -459,7 +491,7 @@ def main(argv=None) -> int:
         # Plugin commands are added only when the command is not a built-in one, so that
         # `toolbox --help` and the built-ins stay fast and survive a broken plugin.
         builtin = {"run", "denoise", "evaluate", "noise", "interpolate", "models", "list", "plugins", "plugin",
-                   "recipe"}
+                   "recipe", "export"}
         first = next((a for a in argv if not a.startswith("-")), None)
         if first is not None and first not in builtin:
             _add_plugin_commands(sub)

@@ -154,6 +154,19 @@ def register_models(register):
 
 
 @hookspec
+def register_exporters(register):
+    """Register export formats: ``toolbox export MODEL --format NAME -o OUT``.
+
+    ``factory() -> toolbox.export.Exporter``: ``write(network, example, path, info)`` writes
+    ``network`` (a ``toolbox.export.ExportableNetwork``: normalised image of any size in,
+    normalised output out) at ``path``; ``load(path, info)`` loads it back with the runtime
+    the format's users run and returns ``run(image, noise_sd) -> output`` on NumPy arrays.
+    The core checks that output against the toolbox's own on a test image and reports
+    success only when they agree (``toolbox.export.RELATIVE_TOLERANCE``).
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the ``toolbox`` CLI.
 

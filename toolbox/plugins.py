@@ -31,6 +31,8 @@ BUILTIN_PLUGINS = (
     "toolbox_plugins.schemes",
     "toolbox_plugins.self_supervised",
     "toolbox_plugins.pretrained",
+    "toolbox_plugins.export_onnx",
+    "toolbox_plugins.export_torchscript",
 )
 
 HOOK_NAMES = {name for name in dir(hookspecs) if name.startswith("register_")}

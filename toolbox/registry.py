@@ -24,6 +24,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "formats": ("register_formats", "image format"),
     "schemes": ("register_schemes", "scheme"),
     "models": ("register_models", "pretrained model"),
+    "exporters": ("register_exporters", "export format"),
 }
 
 # What the core passes to a factory of each kind (never a recipe option).

@@ -258,3 +258,32 @@ def check_model(name: str, registry=None) -> None:
     units = (rng.random((model.channels, *size)) * 100).astype(np.float32)
     out = denoise_with_model(model, units, 0 if model.spatial_dims == 2 else None, torch.device("cpu"))
     assert out.shape == units.shape and np.isfinite(out).all(), f"pretrained model {name}: bad output"
+
+
+def check_exporter(name: str, registry=None, generator: str = "unet") -> None:
+    """Export format ``name``: a small untrained ``generator`` (its registered example
+    options), in 2D, exported through ``toolbox export``'s own path, loads back with the
+    format's runtime and reproduces the toolbox's output at a size it was not traced at (the
+    command's check), and the file and its ``.json`` description are there afterwards."""
+    import tempfile
+
+    from toolbox.checkpoint import FORMAT, save_checkpoint
+    from toolbox.export_model import export_model
+    from toolbox.parts import build_generator
+
+    registry = _registry(registry)
+    exporter = registry.get("exporters", name, "format", "format").factory()
+    options = dict(registry.components("generators")[generator].example)
+    recipe = {"name": "contract", "generator": {"type": generator, **options},
+              "data": {"spatial_dims": 2, "channels": 1, "patch_size": [32, 32], "noise_level_map": False,
+                       "normalize": {"type": "window", "low": 0, "high": 1}}}
+    torch.manual_seed(0)
+    network = build_generator(registry, recipe, "contract")
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = Path(folder) / "model.pt"
+        save_checkpoint(checkpoint, {"format": FORMAT, "recipe": recipe, "step": 0, "generator_module": "generator",
+                                     "scheme": {"modules": {"generator": network.state_dict()}}})
+        output = Path(folder) / f"exported{exporter.suffix or '.out'}"
+        info = export_model(registry, checkpoint, name, output)
+        assert info.verification.get("passed"), f"exporter {name}: the check did not pass ({info.verification})"
+        assert output.exists() and Path(str(output) + ".json").is_file(), f"exporter {name}: nothing written"

@@ -120,6 +120,8 @@ class EfficientUNet(torch.nn.Module):
     outputs to the matching sizes).
     """
 
+    size_multiple = 8  # three 2x down-samplings (toolbox.export pads inputs to it too)
+
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1,
                  filters=(96, 128, 160), bridge: int = 192, norm: str = "batch",
                  enhancer_kernel: int = 7, content_enhancer: bool = True, output: str = "sigmoid",
@@ -150,7 +152,7 @@ class EfficientUNet(torch.nn.Module):
         self.output = output
 
     def forward(self, x):
-        padded, crop = pad_to_multiple(x, 8)
+        padded, crop = pad_to_multiple(x, self.size_multiple)
         s1 = self.enc1(padded)
         s2 = self.enc2(s1)
         s3 = self.enc3(s2)
@@ -170,7 +172,9 @@ class EfficientUNet(torch.nn.Module):
             elif self.output == "residual":
                 pooled = source if factor == 1 else average_pool(source, factor)
                 image = image + pooled[(slice(None), slice(None)) + tuple(slice(0, n) for n in image.shape[2:])]
-            size = [math.ceil(s.stop / factor) for s in crop[2:]]
+            # The full-size output is cropped with the input's own sizes (not ints computed
+            # from them), so that a TorchScript trace crops any input size right.
+            size = [s.stop if factor == 1 else math.ceil(s.stop / factor) for s in crop[2:]]
             outs.append(image[(slice(None), slice(None)) + tuple(slice(0, n) for n in size)])
         return tuple(outs)
 
