@@ -169,6 +169,10 @@ class ExportInfo:
     normalize: dict
     patch_size: list
     toolbox_version: str
+    name: str = ""
+    noise: Optional[dict] = None  # the recipe's data.noise: what the level estimate is told
+    card: str = ""  # the model card's path, when the model has one
+    overlap: float = 0.25  # the sliding windows' overlap toolbox denoise uses (train.val_overlap)
     format: str = ""
     runtime: str = ""
     files: list = field(default_factory=list)
@@ -280,3 +284,31 @@ def write_sidecar(path: Path, info: ExportInfo) -> Path:
     sidecar = Path(str(path) + ".json")
     sidecar.write_text(json.dumps(info.describe(), indent=2, default=str) + "\n", encoding="utf-8")
     return sidecar
+
+
+# -- for formats that carry the toolbox's pre- and post-processing (MONAI Bundle, ...) ----
+
+def pipeline_sources() -> dict[str, str]:
+    """The source of the standalone modules that normalise an image and estimate its noise
+    level exactly as ``toolbox denoise`` does (NumPy, SciPy and scikit-image only), for a
+    format to ship beside its network: file name -> text."""
+    import inspect
+
+    import toolbox.data.normalize as normalize
+    import toolbox.noise_estimation as noise_estimation
+
+    return {"normalize.py": inspect.getsource(normalize), "noise_estimation.py": inspect.getsource(noise_estimation)}
+
+
+def reference_denoise(network: ExportableNetwork, info: ExportInfo, units: np.ndarray, noise=None,
+                      sigma: Optional[float] = None) -> np.ndarray:
+    """What ``toolbox denoise`` makes of ``units`` ((C, *spatial), in the image's units) with
+    ``network``'s generator: the same normalisation, noise-level estimate (``noise``: the
+    recipe's ``data.noise``), sliding windows of the recipe's patch size and slice-by-slice
+    runs of a 2D model over a volume (along the last axis).  A format's own check."""
+    from toolbox.infer import denoise_units
+
+    slice_axis = units.ndim - 2 if units.ndim - 1 > info.spatial_dims else None
+    return denoise_units(network.generator, info.spatial_dims, info.patch_size, info.normalize, units, slice_axis,
+                         torch.device("cpu"), info.overlap, context=info.context_slices,
+                         noise_level_map=info.noise_level_map, sigma=sigma, noise_spec=noise)

@@ -27,8 +27,17 @@ def build_exportable(model) -> tuple[ExportableNetwork, ExportInfo]:
                       spatial_dims=model.spatial_dims, channels=model.channels, context_slices=model.context,
                       scale=model.scale, noise_level_map=model.noise_level_map, multiple=multiple,
                       normalize=dict(data.get("normalize") or {}), patch_size=list(data["patch_size"]),
-                      toolbox_version=__version__)
+                      toolbox_version=__version__, name=str(recipe.get("name") or "model"),
+                      noise=data.get("noise"), card=_card(model.checkpoint),
+                      overlap=float((recipe.get("train") or {}).get("val_overlap", 0.25)))
     return network, info
+
+
+def _card(checkpoint: Path) -> str:
+    from toolbox.pretrained import card_file
+
+    card = card_file(Path(checkpoint))
+    return str(card) if card.is_file() else ""
 
 
 def example_input(info: ExportInfo) -> tuple:

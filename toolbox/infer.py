@@ -73,6 +73,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from toolbox.errors import ToolboxError  # noqa: E402
+# The noise-level estimate models are given; it lives with the estimators.
+from toolbox.noise_estimation import estimated_sigma, trained_on_rician  # noqa: E402,F401
 
 
 @dataclass
@@ -223,37 +225,6 @@ def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_sp
     denoised = denoise_array(network, model_dims, roi_size, normalised, slice_axis, device, overlap,
                              progress, autocast_dtype=autocast_dtype, context=context)
     return normalizer.inverse(denoised).astype(np.float32)
-
-
-def trained_on_rician(noise_spec) -> bool:
-    """Whether a recipe's noise (possibly a mixture) includes Rician (magnitude MR) noise."""
-    if not isinstance(noise_spec, dict):
-        return False
-    if noise_spec.get("type") == "rician":
-        return True
-    return any(trained_on_rician(part) for part in noise_spec.get("of") or [])
-
-
-def estimated_sigma(units: np.ndarray, noise_spec=None) -> float:
-    """The noise SD of an image in its own units, estimated from the image alone (what a
-    noise-conditional model is given when the user does not say).
-
-    Wavelet MAD (Gaussian).  For a model trained on Rician noise (``noise_spec``, the
-    recipe's), a non-negative image with a dark background is a magnitude image whose
-    background is Rayleigh-distributed, which the Gaussian estimate reads as weaker noise
-    (by a third when background is most of the volume); there the background estimate
-    (``estimate_rician``) is used when it is the larger and is plausible."""
-    from toolbox.noise_estimation import estimate_gaussian, estimate_rician
-
-    squeezed = units.reshape(units.shape[0], *[s for s in units.shape[1:] if s > 1])
-    gaussian = float(estimate_gaussian(squeezed).sigma)
-    if trained_on_rician(noise_spec) and float(units.min()) >= 0:
-        # A real background: its darkest tenth lies within a few noise SDs of zero.
-        if np.percentile(units, 10) < 3.0 * max(gaussian, 1e-12):
-            background = float(estimate_rician(squeezed).sigma)
-            if gaussian < background < 3.0 * gaussian:
-                return background
-    return gaussian
 
 
 def check_input(model: TrainedModel, shape) -> None:

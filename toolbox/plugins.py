@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     "toolbox_plugins.pretrained",
     "toolbox_plugins.export_onnx",
     "toolbox_plugins.export_torchscript",
+    "toolbox_plugins.export_monai_bundle",
 )
 
 HOOK_NAMES = {name for name in dir(hookspecs) if name.startswith("register_")}
