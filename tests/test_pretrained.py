@@ -118,3 +118,45 @@ def test_interpolate_takes_a_pretrained_model_by_name(packed, tmp_path, plugin_f
     out = tmp_path / "half.pt"
     assert main(["interpolate", "tiny_ct", str(packed / "run"), "--alpha", "0.5", "-o", str(out)]) == 0
     assert torch.load(out, weights_only=True)["interpolated"]["first"] == str(packed / "tiny_ct.pt")
+
+
+def test_a_hosted_model_is_downloaded_once_hash_checked_and_cached(packed, small_ct, tmp_path, monkeypatch,
+                                                                   capsys, plugin_for_one_test):
+    """register_models may give an address and a SHA-256 instead of a file: the first use
+    fetches it (a file:// address here: no network in tests), later ones read the cache;
+    a wrong hash keeps nothing; offline, the error says where the file goes."""
+    import hashlib
+
+    monkeypatch.setenv("TOOLBOX_CACHE", str(tmp_path / "cache"))
+    source = packed / "tiny_ct.pt"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    hosted = {"good": toolbox.HostedModel(url=source.as_uri(), sha256=digest, card=CARD),
+              "bad": toolbox.HostedModel(url=source.as_uri(), sha256="0" * 64, filename="bad.pt")}
+    plugin = types.SimpleNamespace()
+
+    @toolbox.hookimpl
+    def register_models(register):
+        for name, entry in hosted.items():
+            register(f"hosted_{name}", lambda entry=entry: entry)
+
+    plugin.register_models = register_models
+    plugin_for_one_test(plugin)
+    out = tmp_path / "out.nii.gz"
+    assert main(["denoise", "--model", "hosted_good", str(small_ct / "val" / "spine.nii.gz"), "-o", str(out)]) == 0
+    (cached,) = (tmp_path / "cache" / "models").rglob("*.pt")
+    assert cached.read_bytes() == source.read_bytes() and cached.with_suffix(".md").read_text() == CARD
+    source_mtime = cached.stat().st_mtime_ns
+    assert main(["models", "--json"]) == 0 and "hosted_good" in capsys.readouterr().out
+    assert cached.stat().st_mtime_ns == source_mtime  # read from the cache, not fetched again
+
+    assert main(["denoise", "--model", "hosted_bad", str(small_ct / "val" / "spine.nii.gz"),
+                 "-o", str(tmp_path / "bad.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "SHA-256" in err and "nothing was kept" in err and len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "cache" / "models").rglob("bad.pt")) and not (tmp_path / "bad.nii.gz").exists()
+
+    monkeypatch.setenv("TOOLBOX_OFFLINE", "1")
+    cached.unlink()
+    assert main(["export", "--model", "hosted_good", "--format", "torchscript", "-o", str(tmp_path / "e.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "TOOLBOX_OFFLINE" in err and str(cached) in err

@@ -15,6 +15,8 @@ Plugins:
 - ``ToolboxError`` (a user mistake; the CLI prints it as one line), ``RecipeError`` (one
   that names the recipe file and key), ``atomic_write(path, write)``, ``unwrap(net)`` (the
   network inside a DistributedDataParallel wrapper).
+- ``HostedModel(url, sha256, filename, card)``: a pretrained model registered by address
+  (``register_models``), fetched once into the cache and checked against its SHA-256.
 
 Scripts (each uses the installed plugins):
 - ``load_recipe``, ``validate_recipe``, ``build_data``, ``build_scheme``, ``build_generator``,
@@ -51,6 +53,7 @@ _LAZY = {
     "seed_everything": ("toolbox.rng", "seed_everything"),
     "make_loader": ("toolbox.data.sampling", "make_loader"),
     "TrainedModel": ("toolbox.infer", "TrainedModel"),
+    "HostedModel": ("toolbox.pretrained", "HostedModel"),
     "denoise_with_model": ("toolbox.infer", "denoise_with_model"),
     "run_baseline": ("toolbox.evaluation", "run_baseline"),
     "classical_baseline": ("toolbox.baselines", "bm3d_or_bm4d"),

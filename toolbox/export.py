@@ -230,6 +230,17 @@ class Exporter:
     def load(self, path: Path, info: ExportInfo) -> Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]:
         raise NotImplementedError
 
+    def reference(self, network: ExportableNetwork, info: ExportInfo) -> Callable:
+        """What ``load``'s callable must reproduce: ``network`` itself, unless the format
+        adds processing of its own around it (then it says what, eagerly)."""
+
+        def run(image: np.ndarray, noise_sd: Optional[np.ndarray] = None) -> np.ndarray:
+            with torch.no_grad():
+                level = None if noise_sd is None else torch.from_numpy(np.asarray(noise_sd, np.float32))
+                return network(torch.from_numpy(np.asarray(image, np.float32)), level).numpy()
+
+        return run
+
 
 def test_image(info: ExportInfo, seed: int = 0, image: Optional[np.ndarray] = None) -> tuple:
     """An input for checking an export: ``image`` (normalised, (C, *spatial)) when given, else
@@ -312,3 +323,35 @@ def reference_denoise(network: ExportableNetwork, info: ExportInfo, units: np.nd
     return denoise_units(network.generator, info.spatial_dims, info.patch_size, info.normalize, units, slice_axis,
                          torch.device("cpu"), info.overlap, context=info.context_slices,
                          noise_level_map=info.noise_level_map, sigma=sigma, noise_spec=noise)
+
+
+# -- for formats whose users cannot give a noise level (Fiji, napari: BioImage Model Zoo) --
+
+def haar_noise_sd(image: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """The noise SD of each image in a batch (N, C, *spatial), from the image alone: the
+    median absolute finest diagonal Haar coefficient / 0.6745 (Donoho's estimator; the
+    toolbox's own uses a Daubechies-2 wavelet, which a graph does not have) over every
+    plane of the first channel.  Graph operations only (ONNX, TorchScript)."""
+    x = image[:, :1]
+    height = (x.shape[-2] // 2) * 2
+    width = (x.shape[-1] // 2) * 2
+    x = x[..., :height, :width]
+    diagonal = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
+    flat = diagonal.abs().reshape(diagonal.shape[0], -1)
+    middle = flat.shape[1] // 2 + 1
+    median = torch.topk(flat, middle, dim=1, largest=False).values[:, -1]
+    return median / 0.6745
+
+
+class EstimatedLevelNetwork(torch.nn.Module):
+    """``ExportableNetwork`` that measures the noise level of each input itself (``haar_noise_sd``)
+    when the generator is noise-conditional: one input, for hosts that cannot give a level."""
+
+    def __init__(self, inner: ExportableNetwork):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.inner.noise_level_map:
+            return self.inner(image, haar_noise_sd(image, self.inner.spatial_dims))
+        return self.inner(image, None)

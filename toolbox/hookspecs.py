@@ -149,7 +149,11 @@ def register_models(register):
     card ``NAME.md`` beside it (architecture, training data and licences, noise model and
     range, training command and time, held-out results, intended use and limits).  A
     package ships both as package data and returns the path from
-    ``importlib.resources``.  Checkpoints are read with ``weights_only=True``.
+    ``importlib.resources``.  A model too large to ship is returned as
+    ``toolbox.HostedModel(url, sha256, filename, card)``: fetched once into the cache
+    (``$TOOLBOX_CACHE``, default ``~/.cache/toolbox``), checked against its SHA-256, and
+    read from there; ``TOOLBOX_OFFLINE=1`` never downloads.  Checkpoints are read with
+    ``weights_only=True``.
     """
 
 

@@ -34,6 +34,7 @@ BUILTIN_PLUGINS = (
     "toolbox_plugins.export_onnx",
     "toolbox_plugins.export_torchscript",
     "toolbox_plugins.export_monai_bundle",
+    "toolbox_plugins.export_bioimageio",
 )
 
 HOOK_NAMES = {name for name in dir(hookspecs) if name.startswith("register_")}

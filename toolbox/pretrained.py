@@ -8,6 +8,10 @@ built-in ones live in ``toolbox_plugins/pretrained/``, each with a model card be
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,10 +20,88 @@ from toolbox.checkpoint import FORMAT, generator_weights, load_checkpoint, save_
 from toolbox.errors import ToolboxError
 
 
+@dataclass(frozen=True)
+class HostedModel:
+    """A pretrained model kept outside the package (``register_models`` factories may return
+    one instead of a path): fetched once from ``url`` into the cache, checked against
+    ``sha256``, and read from there afterwards.  ``card`` is the model card's text (it goes
+    beside the cached file).  Offline machines put the file in the cache themselves, or pass
+    its path as MODEL."""
+
+    url: str
+    sha256: str
+    filename: str = ""
+    card: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.filename or self.url.rstrip("/").rsplit("/", 1)[-1] or "model.pt"
+
+
+def cache_folder() -> Path:
+    """Where hosted models are kept: ``$TOOLBOX_CACHE`` or ``~/.cache/toolbox``, then ``models/``."""
+    root = os.environ.get("TOOLBOX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "toolbox")
+    return Path(root) / "models"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_file(hosted: HostedModel) -> Path:
+    return cache_folder() / hosted.sha256[:16] / hosted.name
+
+
+def fetch_hosted(name: str, hosted: HostedModel) -> Path:
+    """The cached, hash-checked file of ``hosted``, downloaded first when it is not cached.
+    A download that does not match its SHA-256 is deleted and refused."""
+    import urllib.request
+
+    from toolbox.checkpoint import atomic_write
+
+    target = cached_file(hosted)
+    if target.is_file():
+        if sha256_of(target) == hosted.sha256:
+            return _with_card(target, hosted)
+        target.unlink()  # a damaged or replaced cache entry: fetched again
+    if os.environ.get("TOOLBOX_OFFLINE") not in (None, "", "0"):
+        raise ToolboxError(f"pretrained model '{name}' is not in the cache and TOOLBOX_OFFLINE is set: download "
+                           f"{hosted.url} (SHA-256 {hosted.sha256}) to {target}, or pass the file's path as MODEL")
+
+    def download(tmp: Path) -> None:
+        try:
+            with urllib.request.urlopen(hosted.url, timeout=60) as response, open(tmp, "wb") as handle:
+                shutil.copyfileobj(response, handle)
+        except OSError as error:
+            raise ToolboxError(f"pretrained model '{name}': could not download {hosted.url} ({error}); on an "
+                               f"offline machine put the file at {target}, or pass its path as MODEL") from error
+        found = sha256_of(tmp)
+        if found != hosted.sha256:
+            raise ToolboxError(f"pretrained model '{name}': {hosted.url} has SHA-256 {found}, the registration says "
+                               f"{hosted.sha256}; nothing was kept")
+
+    atomic_write(target, download)
+    return _with_card(target, hosted)
+
+
+def _with_card(path: Path, hosted: HostedModel) -> Path:
+    card = card_file(path)
+    if hosted.card and not card.is_file():
+        card.write_text(hosted.card, encoding="utf-8")
+    return path
+
+
 def model_file(registry, name: str) -> Path:
-    """The checkpoint file of the pretrained model ``name``."""
+    """The checkpoint file of the pretrained model ``name`` (a hosted one: cached and checked)."""
     component = registry.get("models", name, "--model", "model")
-    path = Path(component.factory())
+    located = component.factory()
+    if isinstance(located, HostedModel):
+        return fetch_hosted(name, located)
+    path = Path(located)
     if not path.is_file():
         raise ToolboxError(f"pretrained model '{name}' (plugin '{component.plugin}'): its file {path} is missing")
     return path
@@ -70,6 +152,15 @@ def describe(registry) -> list[dict]:
     for name, component in registry.components("models").items():
         row = {"name": name, "plugin": component.plugin}
         try:
+            located = component.factory()
+            if isinstance(located, HostedModel) and not cached_file(located).is_file():
+                # Listing never downloads: a hosted model is described from its registration.
+                title = next((line.lstrip("#").strip() for line in located.card.splitlines() if line.strip()), "")
+                row.update(file=located.url, megabytes=0.0, dims="?", noise=None, card=None,
+                           summary=(title.split(":", 1)[1].strip() if title.startswith(f"{name}:") else title)
+                           + " (not downloaded yet)")
+                rows.append(row)
+                continue
             path = model_file(registry, name)
             recipe = load_checkpoint(path)["recipe"]
             card = card_file(path)
