@@ -10,7 +10,6 @@ verifies torchvision's file on a machine with internet.  Nothing is downloaded a
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -103,12 +102,7 @@ def load_vgg19_state(path: Path) -> dict:
     return {k: features[k] for k in expected}
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = toolbox.sha256_of
 
 
 class VGGPerceptualLoss(torch.nn.Module):

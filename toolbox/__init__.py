@@ -16,7 +16,8 @@ Plugins:
   that names the recipe file and key), ``atomic_write(path, write)``, ``unwrap(net)`` (the
   network inside a DistributedDataParallel wrapper).
 - ``HostedModel(url, sha256, filename, card)``: a pretrained model registered by address
-  (``register_models``), fetched once into the cache and checked against its SHA-256.
+  (``register_models``), fetched once into the cache and checked against its SHA-256;
+  ``sha256_of(path)`` the hex digest such checks use.
 
 Scripts (each uses the installed plugins):
 - ``load_recipe``, ``validate_recipe``, ``build_data``, ``build_scheme``, ``build_generator``,
@@ -54,6 +55,7 @@ _LAZY = {
     "make_loader": ("toolbox.data.sampling", "make_loader"),
     "TrainedModel": ("toolbox.infer", "TrainedModel"),
     "HostedModel": ("toolbox.pretrained", "HostedModel"),
+    "sha256_of": ("toolbox.pretrained", "sha256_of"),
     "denoise_with_model": ("toolbox.infer", "denoise_with_model"),
     "run_baseline": ("toolbox.evaluation", "run_baseline"),
     "classical_baseline": ("toolbox.baselines", "bm3d_or_bm4d"),
