@@ -12,7 +12,7 @@ as closely as the specification allows (a fixed window -> ``scale_linear`` both 
 model takes and gives Hounsfield units; per-image levels -> ``scale_range`` on the whole
 image's percentiles, before any tiling; the output then stays in those normalised units,
 because the specification has no inverse of it); a noise-conditional network measures each
-input's noise level itself (``toolbox.export.haar_noise_sd``), since hosts cannot give one.
+input's noise level itself (``toolbox.export.wavelet_noise_sd``), since hosts cannot give one.
 
 The check: ``bioimageio.core``'s own model test (every weight format against the packaged
 test tensors), then the package run through ``bioimageio.core.predict`` on test images of
@@ -49,7 +49,8 @@ W2S = ("Zhou et al., W2S: microscopy data with joint denoising and super-resolut
 
 
 def bioimageio_network(generator: dict, spatial_dims: int, channels: int, multiple: int, scale: int = 1,
-                       noise_level_map: bool = False, context_slices: int = 1) -> EstimatedLevelNetwork:
+                       noise_level_map: bool = False, context_slices: int = 1,
+                       rician: bool = False) -> EstimatedLevelNetwork:
     """The network of a package, rebuilt from its ``kwargs`` (the ``pytorch_state_dict``
     weights' architecture, which bioimageio.core calls): the registered generator, untrained."""
     data = {"spatial_dims": spatial_dims, "channels": channels, "context_slices": context_slices,
@@ -58,7 +59,7 @@ def bioimageio_network(generator: dict, spatial_dims: int, channels: int, multip
         data["scale"] = scale
     network = toolbox.build_generator({"generator": dict(generator), "data": data}, "bioimageio package")
     return EstimatedLevelNetwork(ExportableNetwork(FirstOutput(network), spatial_dims, multiple, scale,
-                                                   noise_level_map)).eval()
+                                                   noise_level_map), rician).eval()
 
 
 def _version(package: str) -> str:
@@ -130,7 +131,7 @@ class BioimageioExporter(Exporter):
         return f"bioimageio.core {_version('bioimageio.core')} (torchscript, onnx, pytorch_state_dict)"
 
     def reference(self, network: ExportableNetwork, info: ExportInfo):
-        estimated = EstimatedLevelNetwork(network).eval()
+        estimated = EstimatedLevelNetwork(network, _rician(info)).eval()
 
         def run(image: np.ndarray, noise_sd=None) -> np.ndarray:
             with torch.no_grad():
@@ -155,7 +156,7 @@ class BioimageioExporter(Exporter):
     def _describe(self, network: ExportableNetwork, example: tuple, info: ExportInfo, work: Path):
         from bioimageio.spec.model import v0_5 as spec
 
-        estimated = EstimatedLevelNetwork(network).eval()
+        estimated = EstimatedLevelNetwork(network, _rician(info)).eval()
         (work / "environment.yaml").write_text(
             "name: toolbox\nchannels: [conda-forge]\ndependencies:\n  - python>=3.10\n  - pip\n"
             f"  - pip:\n      - denoise-toolbox=={info.toolbox_version}\n", encoding="utf-8")
@@ -237,7 +238,7 @@ class BioimageioExporter(Exporter):
         traced_input = torch.cat([image, torch.zeros_like(image[:, :1])], dim=1) if info.noise_level_map else image
         traced = torch.jit.trace(network.generator, traced_input, check_trace=False)
         scripted = torch.jit.script(EstimatedLevelNetwork(ExportableNetwork(
-            traced, info.spatial_dims, info.multiple, info.scale, info.noise_level_map)).eval())
+            traced, info.spatial_dims, info.multiple, info.scale, info.noise_level_map), _rician(info)).eval())
         torch.jit.save(scripted, str(work / "weights_torchscript.pt"))
         torch.save(estimated.state_dict(), work / "weights_state_dict.pt")
         axes = {0: Dim.DYNAMIC, **{2 + axis: Dim.DYNAMIC for axis in range(info.spatial_dims)}}
@@ -245,7 +246,8 @@ class BioimageioExporter(Exporter):
                                     output_names=["output"], opset_version=OPSET, verbose=False)
         program.save(str(work / "weights.onnx"))
         kwargs = {"generator": info.generator, "spatial_dims": info.spatial_dims, "channels": info.channels,
-                  "multiple": info.multiple, "scale": info.scale, "noise_level_map": info.noise_level_map}
+                  "multiple": info.multiple, "scale": info.scale, "noise_level_map": info.noise_level_map,
+                  "rician": _rician(info)}
         return {
             "pytorch_state_dict": spec.PytorchStateDictWeightsDescr(
                 source=work / "weights_state_dict.pt", pytorch_version=torch_version,
@@ -284,6 +286,14 @@ class BioimageioExporter(Exporter):
         return run
 
 
+def _rician(info: ExportInfo) -> bool:
+    """Whether the recipe's noise includes Rician noise (possibly inside a mixture)."""
+    def rician(spec) -> bool:
+        return isinstance(spec, dict) and (spec.get("type") == "rician" or any(rician(p) for p in spec.get("of") or []))
+
+    return rician(info.noise)
+
+
 def _units(info: ExportInfo) -> str:
     return "Hounsfield units" if info.normalize.get("type") == "window" else "counts or any linear unit"
 
@@ -303,11 +313,11 @@ def _documentation(info: ExportInfo) -> str:
 
 The input is the image in its own units.  Pre-processing normalises it (a fixed window for
 CT, kept exact by a linear map both ways; otherwise the image's low and high percentiles),
-and a noise-conditional network measures each input's noise level itself (median absolute
-finest Haar detail), so no extra input is needed.  Weights: TorchScript and ONNX (for
-deepImageJ and other hosts), and the state dict (rebuilt by
-`toolbox_plugins.export_bioimageio.bioimageio_network` with the `denoise-toolbox` package).  Exported and checked with `toolbox export --format
-bioimageio`.
+and a noise-conditional network measures each input's noise level itself (the median
+absolute finest Daubechies-2 diagonal detail, as `toolbox denoise` measures it), so no
+extra input is needed.  Weights: TorchScript and ONNX (for deepImageJ and other hosts), and
+the state dict (rebuilt by `toolbox_plugins.export_bioimageio.bioimageio_network` with the
+`denoise-toolbox` package).  Exported and checked with `toolbox export --format bioimageio`.
 """
 
 
