@@ -106,6 +106,11 @@ def estimate_poisson_gaussian(image: np.ndarray, block: int = 8, offset: float |
         xs.append(level_mean.mean())
         ys.append(np.median(level_var) / _quiet_half_median_ratio(block * block))
         weights.append(len(level_var))
+    if len(xs) < 2:
+        # A small image (a 64x64 micrograph has 49 blocks): too few blocks per intensity level
+        # for a line through (mean, variance).
+        raise ValueError(f"too few {block}x{block} blocks per intensity level to fit signal-dependent noise "
+                         f"({mean.size} blocks in all; at least 8 in each of 2 levels are needed)")
     # The slope from every level (a block variance's spread grows with the variance: levels
     # weighted by sqrt(count / variance), a compromise that a few edge-ridden levels cannot
     # swing); the read noise from the darkest level, where it dominates.
