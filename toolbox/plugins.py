@@ -19,6 +19,7 @@ BUILTIN_PLUGINS = (
     "toolbox_plugins.pix2pix",
     "toolbox_plugins.adl",
     "toolbox_plugins.esrgan",
+    "toolbox_plugins.dcgan",
     "toolbox_plugins.wgan",
     "toolbox_plugins.vgg",
     "toolbox_plugins.resunet",

@@ -55,9 +55,14 @@ def _outputs(output) -> list[torch.Tensor]:
 
 
 def check_generator(name: str, spatial_dims: int, registry=None) -> None:
-    """Any size in, the same size out (first output), finite; gradients reach every weight."""
+    """Any size in, the same size out (first output), finite; gradients reach every weight.
+    A generator from a latent vector (it has ``latent_dim`` and ``image_size``, as DCGAN's):
+    ``(N, latent_dim)`` in, ``(N, C, *image_size)`` out, in 0..1."""
     torch.manual_seed(0)
     net = build_example("generators", name, registry, spatial_dims=spatial_dims, in_channels=1, out_channels=1)
+    if getattr(net, "latent_dim", None):
+        _check_latent_generator(name, net, spatial_dims)
+        return
     x = torch.rand(2, 1, *SIZES[spatial_dims])
     with torch.no_grad():
         out = _outputs(net.eval()(x))[0]
@@ -68,6 +73,19 @@ def check_generator(name: str, spatial_dims: int, registry=None) -> None:
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert grads, f"generator {name}: no trainable parameters"
     assert all(g is not None and torch.isfinite(g).all() for g in grads), \
+        f"generator {name}: a parameter gets no (or a non-finite) gradient"
+
+
+def _check_latent_generator(name: str, net: torch.nn.Module, spatial_dims: int) -> None:
+    z = torch.randn(3, int(net.latent_dim))
+    with torch.no_grad():
+        out = net.eval()(z)
+    wanted = (3, 1) + (int(net.image_size),) * spatial_dims
+    assert tuple(out.shape) == wanted, f"generator {name}: output {tuple(out.shape)} for latent {tuple(z.shape)}"
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1, f"generator {name}: output outside 0..1"
+    net.train()(z).mean().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), \
         f"generator {name}: a parameter gets no (or a non-finite) gradient"
 
 
