@@ -189,7 +189,7 @@ def readme(info: ExportInfo) -> str:
     else:
         body = (f"# {info.name}\n\nA {info.spatial_dims}D {info.generator.get('type')} denoiser trained with "
                 f"toolbox (no model card was found beside {Path(info.source).name}).\n")
-    return body.rstrip() + f"""
+    return body.rstrip() + """
 
 ## Running this bundle
 

@@ -14,8 +14,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from toolbox.checkpoint import FORMAT, generator_weights, load_checkpoint, save_checkpoint
 from toolbox.errors import ToolboxError
 
