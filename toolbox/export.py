@@ -22,6 +22,7 @@ BioImage Model Zoo package) do it in their own pre-/post-processing.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -217,18 +218,20 @@ NORMALISATION_NOTES = {
 }
 
 
-class Exporter:
+class Exporter(abc.ABC):
     """The base of an export format (register a factory returning one with
     ``register_exporters``).  ``suffix`` is the file name ending users expect."""
 
     suffix = ""
     runtime = ""
 
+    @abc.abstractmethod
     def write(self, network: ExportableNetwork, example: tuple, path: Path, info: ExportInfo) -> None:
-        raise NotImplementedError
+        """Write ``network`` at ``path`` (a file, or a folder the format makes)."""
 
+    @abc.abstractmethod
     def load(self, path: Path, info: ExportInfo) -> Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]:
-        raise NotImplementedError
+        """Load ``path`` with the runtime the format's users run: ``run(image, noise_sd) -> output``."""
 
     def reference(self, network: ExportableNetwork, info: ExportInfo) -> Callable:
         """What ``load``'s callable must reproduce: ``network`` itself, unless the format
