@@ -22,14 +22,14 @@ other sizes against the same processing done here eagerly.
 from __future__ import annotations
 
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import toolbox
-from toolbox.export import EstimatedLevelNetwork, Exporter, ExportInfo, ExportableNetwork, FirstOutput
+from toolbox.export import (EstimatedLevelNetwork, Exporter, ExportInfo, ExportableNetwork, FirstOutput, made_image,
+                            package_version, require, scripted_network)
 
 OPSET = 18
 # bioimageio.core computes percentiles with this (scale_range's default) added to the range.
@@ -60,24 +60,6 @@ def bioimageio_network(generator: dict, spatial_dims: int, channels: int, multip
     network = toolbox.build_generator({"generator": dict(generator), "data": data}, "bioimageio package")
     return EstimatedLevelNetwork(ExportableNetwork(FirstOutput(network), spatial_dims, multiple, scale,
                                                    noise_level_map), rician).eval()
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _require() -> None:
-    import importlib
-
-    for module in ("bioimageio.core", "bioimageio.spec", "onnx", "onnxscript", "onnxruntime"):
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise toolbox.ToolboxError(f"a BioImage Model Zoo package needs {module} ({error}); install the export "
-                                       'extra: pip install "denoise-toolbox[export]"') from error
 
 
 def _spatial_ids(info: ExportInfo) -> list[str]:
@@ -128,10 +110,10 @@ class BioimageioExporter(Exporter):
 
     @property
     def runtime(self) -> str:
-        return f"bioimageio.core {_version('bioimageio.core')} (torchscript, onnx, pytorch_state_dict)"
+        return f"bioimageio.core {package_version('bioimageio.core')} (torchscript, onnx, pytorch_state_dict)"
 
     def reference(self, network: ExportableNetwork, info: ExportInfo):
-        estimated = EstimatedLevelNetwork(network, _rician(info)).eval()
+        estimated = EstimatedLevelNetwork(network, info.rician).eval()
 
         def run(image: np.ndarray, noise_sd=None) -> np.ndarray:
             with torch.no_grad():
@@ -141,7 +123,8 @@ class BioimageioExporter(Exporter):
         return run
 
     def write(self, network: ExportableNetwork, example: tuple, path: Path, info: ExportInfo) -> None:
-        _require()
+        require("a BioImage Model Zoo package", "bioimageio.core", "bioimageio.spec", "onnx", "onnxscript",
+                "onnxruntime")
         if info.context_slices > 1:
             raise toolbox.ToolboxError("2.5D models (data.context_slices) are not exported to the BioImage Model "
                                        "Zoo yet")
@@ -156,17 +139,12 @@ class BioimageioExporter(Exporter):
     def _describe(self, network: ExportableNetwork, example: tuple, info: ExportInfo, work: Path):
         from bioimageio.spec.model import v0_5 as spec
 
-        estimated = EstimatedLevelNetwork(network, _rician(info)).eval()
+        estimated = EstimatedLevelNetwork(network, info.rician).eval()
         (work / "environment.yaml").write_text(
             "name: toolbox\nchannels: [conda-forge]\ndependencies:\n  - python>=3.10\n  - pip\n"
             f"  - pip:\n      - denoise-toolbox=={info.toolbox_version}\n", encoding="utf-8")
         files = self._weights(network, estimated, example, info, work)
-        generator = torch.Generator().manual_seed(11)
-        sizes = [int(p) for p in info.patch_size]
-        smooth = torch.nn.functional.interpolate(
-            torch.rand((1, info.channels, *[max(2, s // 8) for s in sizes]), generator=generator), size=tuple(sizes),
-            mode="bilinear" if info.spatial_dims == 2 else "trilinear")
-        test_input = units_test_image(info, (smooth + 0.05 * torch.randn(smooth.shape, generator=generator)).numpy())
+        test_input = units_test_image(info, made_image(info.patch_size, info.channels, seed=11).numpy())
         test_output = self.reference(network, info)(test_input)
         np.save(work / "test_input.npy", test_input)
         np.save(work / "test_output.npy", test_output)
@@ -235,10 +213,7 @@ class BioimageioExporter(Exporter):
 
         torch_version = spec.Version(torch.__version__.split("+")[0])
         image = example[0]
-        traced_input = torch.cat([image, torch.zeros_like(image[:, :1])], dim=1) if info.noise_level_map else image
-        traced = torch.jit.trace(network.generator, traced_input, check_trace=False)
-        scripted = torch.jit.script(EstimatedLevelNetwork(ExportableNetwork(
-            traced, info.spatial_dims, info.multiple, info.scale, info.noise_level_map), _rician(info)).eval())
+        scripted = scripted_network(network, example, info, estimate_level=True)
         torch.jit.save(scripted, str(work / "weights_torchscript.pt"))
         torch.save(estimated.state_dict(), work / "weights_state_dict.pt")
         axes = {0: Dim.DYNAMIC, **{2 + axis: Dim.DYNAMIC for axis in range(info.spatial_dims)}}
@@ -247,7 +222,7 @@ class BioimageioExporter(Exporter):
         program.save(str(work / "weights.onnx"))
         kwargs = {"generator": info.generator, "spatial_dims": info.spatial_dims, "channels": info.channels,
                   "multiple": info.multiple, "scale": info.scale, "noise_level_map": info.noise_level_map,
-                  "rician": _rician(info)}
+                  "rician": info.rician}
         return {
             "pytorch_state_dict": spec.PytorchStateDictWeightsDescr(
                 source=work / "weights_state_dict.pt", pytorch_version=torch_version,
@@ -284,14 +259,6 @@ class BioimageioExporter(Exporter):
             return np.asarray(member.data, np.float32)
 
         return run
-
-
-def _rician(info: ExportInfo) -> bool:
-    """Whether the recipe's noise includes Rician noise (possibly inside a mixture)."""
-    def rician(spec) -> bool:
-        return isinstance(spec, dict) and (spec.get("type") == "rician" or any(rician(p) for p in spec.get("of") or []))
-
-    return rician(info.noise)
 
 
 def _units(info: ExportInfo) -> str:

@@ -30,15 +30,14 @@ import os
 import subprocess
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import toolbox
-from toolbox.export import (Exporter, ExportInfo, ExportableNetwork, compare, pipeline_sources,
-                            reference_denoise)
+from toolbox.export import (Exporter, ExportInfo, ExportableNetwork, compare, made_image, package_version,
+                            pipeline_sources, reference_denoise, require, scripted_network)
 
 GLUE = '''"""The bundle's glue: the toolbox's denoising path with MONAI's inferers (written by
 toolbox export; normalize.py and noise_estimation.py are the toolbox's own modules)."""
@@ -113,13 +112,6 @@ MODALITIES = {"window": ("CT", "hounsfield"), "scale": ("MR", "magnitude"), "per
               "minmax": ("", "intensity"), "none": ("", "intensity")}
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def inference_config(info: ExportInfo) -> dict:
     return {
         "imports": ["$import torch", "$import numpy", "$import scripts.denoise"],
@@ -156,11 +148,11 @@ def metadata_json(info: ExportInfo) -> dict:
     described = {
         "version": "0.1.0",
         "changelog": {"0.1.0": f"exported by toolbox {info.toolbox_version} from {Path(info.source).name}"},
-        "monai_version": _version("monai"),
+        "monai_version": package_version("monai"),
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
-        "optional_packages_version": {"scipy": _version("scipy"), "scikit-image": _version("scikit-image"),
-                                      "nibabel": _version("nibabel")},
+        "optional_packages_version": {"scipy": package_version("scipy"), "scikit-image": package_version("scikit-image"),
+                                      "nibabel": package_version("nibabel")},
         "name": f"{info.name} denoiser",
         "task": "image denoising" + (f" and {info.scale}x super-resolution" if info.scale != 1 else ""),
         "description": (f"{info.name}: {info.generator.get('type')} generator, {info.spatial_dims}D, trained with "
@@ -239,21 +231,16 @@ class MonaiBundleExporter(Exporter):
 
     @property
     def runtime(self) -> str:
-        return f"python -m monai.bundle run (MONAI {_version('monai')})"
+        return f"python -m monai.bundle run (MONAI {package_version('monai')})"
 
     def write(self, network: ExportableNetwork, example: tuple, path: Path, info: ExportInfo) -> None:
-        _require("fire")
+        require("running a MONAI Bundle", "fire")
         if info.context_slices > 1:
             raise toolbox.ToolboxError("2.5D models (data.context_slices) are not exported as MONAI Bundles yet")
         path.mkdir()
         for folder in ("configs", "models", "scripts", "docs"):
             (path / folder).mkdir()
-        image = example[0]
-        if info.noise_level_map:
-            image = torch.cat([image, torch.zeros_like(image[:, :1])], dim=1)
-        traced = torch.jit.trace(network.generator, image, check_trace=False)
-        scripted = torch.jit.script(ExportableNetwork(traced, info.spatial_dims, info.multiple, info.scale,
-                                                      info.noise_level_map).eval())
+        scripted = scripted_network(network, example, info)
         torch.jit.save(scripted, str(path / "models" / "model.ts"))
         (path / "scripts" / "__init__.py").write_text("", encoding="utf-8")
         for name, source in pipeline_sources().items():
@@ -269,12 +256,8 @@ class MonaiBundleExporter(Exporter):
     def _check_against_toolbox(self, network: ExportableNetwork, bundle: Path, info: ExportInfo) -> None:
         """The bundle on a NIfTI file in image units (a 2D model: a volume of 3 slices),
         against the toolbox's own pipeline on the same values."""
-        generator = torch.Generator().manual_seed(5)
         sizes = [int(p) + 5 for p in info.patch_size] + ([3] if info.spatial_dims == 2 else [])
-        smooth = torch.nn.functional.interpolate(torch.rand((1, info.channels, *[max(2, s // 6) for s in sizes]),
-                                                            generator=generator),
-                                                 size=tuple(sizes), mode="trilinear" if len(sizes) == 3 else "bilinear")
-        normalised = (smooth + 0.05 * torch.randn(smooth.shape, generator=generator))[0].numpy()
+        normalised = made_image(sizes, info.channels, seed=5)[0].numpy()
         kind = info.normalize.get("type", "percentile")
         if kind == "window":
             low, high = float(info.normalize["low"]), float(info.normalize["high"])
@@ -309,16 +292,6 @@ class MonaiBundleExporter(Exporter):
             return np.stack(outputs)
 
         return run
-
-
-def _require(module: str) -> None:
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ImportError as error:
-        raise toolbox.ToolboxError(f"running a MONAI Bundle needs {module} ({error}); install the export extra: "
-                                   'pip install "denoise-toolbox[export]"') from error
 
 
 @toolbox.hookimpl

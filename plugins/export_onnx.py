@@ -8,36 +8,16 @@ torch 2.13's ``torch.onnx.export`` uses the dynamo exporter, which needs ``onnx`
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 import toolbox
-from toolbox.export import Exporter, ExportInfo, ExportableNetwork
+from toolbox.export import Exporter, ExportInfo, ExportableNetwork, package_version, require
 
 # A conservative opset: the lowest the dynamo exporter writes, run by every onnxruntime
 # since 1.14 and by deepImageJ / OpenVINO / TensorRT releases of the last years.
 OPSET = 18
-
-
-def require(*modules: str) -> None:
-    """A one-line error naming the extra when an export package is missing."""
-    import importlib
-
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise toolbox.ToolboxError(f"exporting to ONNX needs {module} ({error}); install the export extra: "
-                                       'pip install "denoise-toolbox[export]"') from error
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 class OnnxExporter(Exporter):
@@ -45,13 +25,13 @@ class OnnxExporter(Exporter):
 
     @property
     def runtime(self) -> str:
-        return f"onnxruntime {_version('onnxruntime')} (opset {OPSET})"
+        return f"onnxruntime {package_version('onnxruntime')} (opset {OPSET})"
 
     def write(self, network: ExportableNetwork, example: tuple, path: Path, info: ExportInfo) -> None:
         import torch
         from torch.export import Dim
 
-        require("onnx", "onnxscript", "onnxruntime")
+        require("exporting to ONNX", "onnx", "onnxscript", "onnxruntime")
         image_axes = {0: Dim.DYNAMIC}
         image_axes.update({2 + axis: Dim.DYNAMIC for axis in range(info.spatial_dims)})
         shapes = (image_axes, {0: Dim.DYNAMIC}) if info.noise_level_map else (image_axes,)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import toolbox
-from toolbox.export import Exporter, ExportInfo, ExportableNetwork
+from toolbox.export import Exporter, ExportInfo, ExportableNetwork, scripted_network
 
 
 class TorchScriptExporter(Exporter):
@@ -27,15 +27,7 @@ class TorchScriptExporter(Exporter):
         return f"torch.jit.load (torch {torch.__version__})"
 
     def write(self, network: ExportableNetwork, example: tuple, path: Path, info: ExportInfo) -> None:
-        image = example[0]
-        if info.noise_level_map:
-            image = torch.cat([image, torch.zeros_like(image[:, :1])], dim=1)
-        # Traced at a multiple of info.multiple, where every input takes the same path
-        # (toolbox.export.size_multiple); the scripted wrapper pads each input to it.
-        traced = torch.jit.trace(network.generator, image, check_trace=False)
-        wrapper = ExportableNetwork(traced, info.spatial_dims, info.multiple, info.scale, info.noise_level_map)
-        scripted = torch.jit.script(wrapper.eval())
-        torch.jit.save(scripted, str(path))
+        torch.jit.save(scripted_network(network, example, info), str(path))
 
     def load(self, path: Path, info: ExportInfo):
         module = torch.jit.load(str(path), map_location="cpu").eval()

@@ -179,6 +179,14 @@ class ExportInfo:
     files: list = field(default_factory=list)
     verification: dict = field(default_factory=dict)
 
+    @property
+    def rician(self) -> bool:
+        """Whether the recipe's noise includes Rician noise (its level is then estimated from
+        the background, as ``toolbox denoise`` does)."""
+        from toolbox.noise_estimation import trained_on_rician
+
+        return trained_on_rician(self.noise)
+
     def inputs(self) -> list[dict]:
         spatial = ("y", "x") if self.spatial_dims == 2 else ("z", "y", "x")
         channels = self.channels * self.context_slices
@@ -245,18 +253,60 @@ class Exporter(abc.ABC):
         return run
 
 
+def made_image(sizes, channels: int, seed: int) -> torch.Tensor:
+    """A test image (1, C, *sizes) in normalised units: smooth structure (random values on a
+    grid 8 times coarser, interpolated) plus 5 % Gaussian noise."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = tuple(int(s) for s in sizes)
+    coarse = torch.rand((1, channels) + tuple(max(2, s // 8) for s in sizes), generator=generator)
+    mode = "bilinear" if len(sizes) == 2 else "trilinear"
+    smooth = F.interpolate(coarse, size=sizes, mode=mode, align_corners=False)
+    return smooth + 0.05 * torch.randn(smooth.shape, generator=generator)
+
+
+def package_version(package: str) -> str:
+    """An installed package's version, for a format's description ("not installed" if not)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def require(what: str, *modules: str) -> None:
+    """A one-line error naming the export extra when a module ``what`` needs is missing."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ToolboxError(f"{what} needs {module} ({error}); install the export extra: "
+                               'pip install "denoise-toolbox[export]"') from error
+
+
+def scripted_network(network: ExportableNetwork, example: tuple, info: ExportInfo,
+                     estimate_level: bool = False) -> torch.jit.ScriptModule:
+    """``network`` as TorchScript: its generator traced at ``example`` (a multiple of the size
+    multiple, where every input takes the same path: ``size_multiple``) inside the scripted
+    padding wrapper, so the padding follows each input's size.  ``estimate_level`` wraps it in
+    ``EstimatedLevelNetwork`` (one input; the level measured inside)."""
+    image = example[0]
+    if info.noise_level_map:
+        image = torch.cat([image, torch.zeros_like(image[:, :1])], dim=1)
+    traced = torch.jit.trace(network.generator, image, check_trace=False)
+    wrapper = ExportableNetwork(traced, info.spatial_dims, info.multiple, info.scale, info.noise_level_map)
+    module = EstimatedLevelNetwork(wrapper, info.rician) if estimate_level else wrapper
+    return torch.jit.script(module.eval())
+
+
 def test_image(info: ExportInfo, seed: int = 0, image: Optional[np.ndarray] = None) -> tuple:
     """An input for checking an export: ``image`` (normalised, (C, *spatial)) when given, else
     a made one: smooth structure plus 5 % Gaussian noise, sized unlike the export's example
     (each side the patch size plus 3, so the padding inside is exercised)."""
-    generator = torch.Generator().manual_seed(seed)
-    channels = info.channels * info.context_slices
     if image is None:
-        shape = [int(p) + 3 for p in info.patch_size]
-        coarse = torch.rand((1, channels) + tuple(max(2, s // 8) for s in shape), generator=generator)
-        mode = "bilinear" if info.spatial_dims == 2 else "trilinear"
-        smooth = F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=False)
-        tensor = smooth + 0.05 * torch.randn(smooth.shape, generator=generator)
+        tensor = made_image([int(p) + 3 for p in info.patch_size], info.channels * info.context_slices, seed)
     else:
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     noise_sd = torch.tensor([0.05], dtype=torch.float32) if info.noise_level_map else None
