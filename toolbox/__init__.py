@@ -24,7 +24,11 @@ Scripts (each uses the installed plugins):
   ``seed_everything``, ``make_loader``, ``run_training``;
 - ``read_volume``, ``write_volume`` (with the registered formats; ``toolbox.io`` has the rest);
 - ``load_model``, ``denoise_with_model``, ``TrainedModel``, ``evaluate``, ``build_cases``,
-  ``run_baseline``, ``classical_baseline`` (BM3D / BM4D when installed), ``psnr_ssim``.
+  ``run_baseline``, ``classical_baseline`` (BM3D / BM4D when installed), ``non_local_means``,
+  ``anscombe_baseline`` (BM3D / BM4D for Poisson noise), ``psnr_ssim``, ``write_grid`` and
+  ``write_line_plot`` (the figures ``toolbox`` draws);
+  ``LatentInversion`` (a latent generator as a denoiser: seed 001's latent search) and
+  ``poisson_nll`` (its count-image data term).
 
 Heavy modules (torch, MONAI) are imported lazily so that ``toolbox --help`` starts fast.
 """
@@ -54,11 +58,17 @@ _LAZY = {
     "seed_everything": ("toolbox.rng", "seed_everything"),
     "make_loader": ("toolbox.data.sampling", "make_loader"),
     "TrainedModel": ("toolbox.infer", "TrainedModel"),
+    "LatentInversion": ("toolbox.latent_inversion", "LatentInversion"),
+    "poisson_nll": ("toolbox.latent_inversion", "poisson_nll"),
     "HostedModel": ("toolbox.pretrained", "HostedModel"),
     "sha256_of": ("toolbox.pretrained", "sha256_of"),
     "denoise_with_model": ("toolbox.infer", "denoise_with_model"),
     "run_baseline": ("toolbox.evaluation", "run_baseline"),
     "classical_baseline": ("toolbox.baselines", "bm3d_or_bm4d"),
+    "non_local_means": ("toolbox.baselines", "non_local_means"),
+    "anscombe_baseline": ("toolbox.baselines", "anscombe_bm3d_or_bm4d"),
+    "write_grid": ("toolbox.figures", "write_grid"),
+    "write_line_plot": ("toolbox.figures", "write_line_plot"),
     "psnr_ssim": ("toolbox.metrics", "psnr_ssim"),
 }
 
@@ -128,13 +138,14 @@ def run_training(recipe, out=None, resume=None, console=None):
     return run(recipe, plugin_registry(), out, console=console, resume=resume)
 
 
-def load_model(path, device="cpu"):
-    """A trained model from a run folder (its best checkpoint) or a checkpoint file."""
+def load_model(path, device="cpu", inversion: dict | None = None):
+    """A trained model from a run folder (its best checkpoint) or a checkpoint file;
+    ``inversion`` replaces a latent-search model's settings (as ``--inversion``)."""
     import torch
 
     from toolbox.infer import load_trained_model
 
-    return load_trained_model(path, torch.device(device), plugin_registry())
+    return load_trained_model(path, torch.device(device), plugin_registry(), inversion)
 
 
 def evaluate(model_path, clean_paths, **options):

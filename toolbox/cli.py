@@ -96,7 +96,8 @@ def cmd_denoise(args) -> int:
     try:
         denoise_inputs(model, [Path(p) for p in inputs], Path(args.output), _registry(),
                        overwrite=args.overwrite, series=args.series, device_name=args.device,
-                       overlap=args.overlap, sigma=args.sigma, ensemble=args.ensemble)
+                       overlap=args.overlap, sigma=args.sigma, ensemble=args.ensemble,
+                       inversion=_yaml_mapping(args.inversion, "--inversion", INVERSION_EXAMPLE))
     finally:
         shutdown()
     return 0
@@ -124,17 +125,19 @@ def cmd_evaluate(args) -> int:
     _warn_failed_plugins()
     args.model, args.data = _model_and_rest(args.model, args.data, args.model_name, "DATA")
     noise = _yaml_mapping(args.noise, "--noise", "{type: gaussian, sigma: 0.1}")
+    inversion = _yaml_mapping(args.inversion, "--inversion", INVERSION_EXAMPLE)
     if args.sweep:
         from toolbox.sweep import sweep
 
         if args.noisy:
             raise ToolboxError("--sweep draws synthetic noise at each level; it does not take --noisy")
         sweep(Path(args.model), args.data, _registry(), args.sweep, noise_spec=noise, out_dir=args.output,
-              device_name=args.device, seed=args.seed, ensemble=args.ensemble, true_sigma=args.true_sigma)
+              device_name=args.device, seed=args.seed, ensemble=args.ensemble, true_sigma=args.true_sigma,
+              inversion=inversion)
         return 0
     evaluate(Path(args.model), args.data, _registry(), noisy_paths=args.noisy, noise_spec=noise,
              out_dir=args.output, device_name=args.device, seed=args.seed, ensemble=args.ensemble,
-             true_sigma=args.true_sigma)
+             true_sigma=args.true_sigma, inversion=inversion)
     return 0
 
 
@@ -339,6 +342,15 @@ def _add_run(sub) -> None:
     run.set_defaults(func=cmd_run)
 
 
+INVERSION_EXAMPLE = "{starts: 16, max_steps: 1000, loss: poisson, counts_per_unit: 1}"
+
+
+def _add_inversion(parser) -> None:
+    parser.add_argument("--inversion", metavar="SETTINGS",
+                        help="a model that denoises by latent search (unconditional_gan): settings that replace "
+                             f"the recipe's inversion section, e.g. '{INVERSION_EXAMPLE}'")
+
+
 def _add_denoise(sub) -> None:
     denoise = sub.add_parser("denoise", help="denoise NIfTI / DICOM series / TIFF / PNG with a trained model")
     denoise.add_argument("model", help="a run folder (uses its best checkpoint) or a checkpoint file")
@@ -359,6 +371,7 @@ def _add_denoise(sub) -> None:
     denoise.add_argument("--nproc", type=int, default=1, metavar="N",
                          help="N processes, each denoising every N-th input (same as torchrun "
                               "--nproc_per_node N -m toolbox denoise ...)")
+    _add_inversion(denoise)
     denoise.set_defaults(func=cmd_denoise)
 
 
@@ -381,6 +394,7 @@ def _add_evaluate(sub) -> None:
                           help="also score the model with an N-fold self-ensemble (flips/rotations)")
     evaluate.add_argument("--true-sigma", action="store_true",
                           help="also score a noise-conditional model given the true noise SD (default: estimated)")
+    _add_inversion(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
 

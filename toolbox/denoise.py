@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 from toolbox.distributed import barrier, init_distributed, rank_slice
@@ -12,7 +13,7 @@ from toolbox.errors import ToolboxError
 def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry, overwrite: bool = False,
                    series: str | None = None, device_name: str = "auto",
                    overlap: float | None = None, console=None, sigma: float | None = None,
-                   ensemble: int = 1) -> list[Path]:
+                   ensemble: int = 1, inversion: dict | None = None) -> list[Path]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from toolbox.data.volumes import check_output, expand_inputs, formats_of, read_volume, write_volume
@@ -36,10 +37,10 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry,
     # before any rank writes; now each takes every world_size-th input.
     barrier()
     mine = rank_slice(list(zip(items, targets)), ranks)
-    model = check_options(load_trained_model(model_path, device, registry), sigma, ensemble)
+    model = check_options(load_trained_model(model_path, device, registry, inversion), sigma, ensemble)
     overlap = float(model.recipe["train"].get("val_overlap", 0.25)) if overlap is None else overlap
     description = f"denoised {model.name}"
-    written = []
+    written, seconds = [], []
     # The progress display starts only once an input has been read and found to fit the
     # model, so a refused input gives its one-line error and no empty bar.
     progress = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
@@ -64,10 +65,12 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry,
             def report(done, total, task=task):
                 progress.update(task, completed=done, total=total)
 
+            started = time.perf_counter()
             units = denoise_volume(told, volume, device, overlap, report)
+            seconds.append(time.perf_counter() - started)
             written.append(write_volume(volume, units, target, description, formats, overwrite))
     finally:
         progress.stop()
-    for path in written:
-        console.print(f"wrote {path}")
+    for path, took in zip(written, seconds):
+        console.print(f"wrote {path} ({took:.1f} s)")
     return written

@@ -53,6 +53,29 @@ def write_figure(path: Path, panels, slice_axis, display=None) -> None:
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
+def write_grid(path: Path, images: np.ndarray, columns: int | None = None) -> None:
+    """Images ``(N, C, *spatial)`` (the first channel; a volume's middle slice) as one grey
+    grid with a 2-pixel gap, enlarged so that small images stay visible.  Grey levels span
+    the grid's 0.5th..99.5th percentiles, the same for every tile so that tiles compare
+    (low-contrast images, such as phase-contrast micrographs, would be flat in 0..1)."""
+    from PIL import Image
+
+    views = [_middle_slice(np.asarray(image, np.float32), None) for image in images]
+    low, high = np.percentile(np.stack(views), [0.5, 99.5])
+    views = [np.clip((v - low) / max(float(high - low), 1e-12), 0, 1) for v in views]
+    h, w = views[0].shape
+    columns = columns or int(np.ceil(np.sqrt(len(views))))
+    rows = -(-len(views) // columns)
+    scale = min(4, max(1, 128 // max(h, w)))
+    gap = 2
+    canvas = Image.new("L", (columns * (w * scale + gap) - gap, rows * (h * scale + gap) - gap), 0)
+    for index, view in enumerate(views):
+        tile = Image.fromarray((view * 255).astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
+        canvas.paste(tile, ((index % columns) * (w * scale + gap), (index // columns) * (h * scale + gap)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
+
+
 # Distinct on screen and in grey: (red, green, blue) per series, cycled.
 _COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]

@@ -126,9 +126,13 @@ def find_checkpoint(model: Path) -> Path:
     return model
 
 
-def load_trained_model(model: Path, device: torch.device, registry) -> TrainedModel:
-    """A run folder's (or checkpoint file's) generator with its recipe, ready to denoise."""
+def load_trained_model(model: Path, device: torch.device, registry, inversion: dict | None = None) -> TrainedModel:
+    """A run folder's (or checkpoint file's) generator with its recipe, ready to denoise.
+
+    ``inversion``: settings of the latent search that replace the recipe's (``--inversion``;
+    a model with a latent generator only)."""
     from toolbox.checkpoint import generator_weights, load_checkpoint
+    from toolbox.latent_inversion import INVERSION_KEYS, inversion_denoiser, is_latent_generator
     from toolbox.parts import build_generator
 
     path = find_checkpoint(model)
@@ -140,6 +144,16 @@ def load_trained_model(model: Path, device: torch.device, registry) -> TrainedMo
     except RuntimeError as error:
         raise ToolboxError(f"{path}: the weights do not fit the recipe's generator ({str(error)[:200]})") from error
     generator.to(device).eval()
+    # A latent generator denoises by searching its latent space (toolbox.latent_inversion).
+    if inversion:
+        if not is_latent_generator(generator):
+            raise ToolboxError("--inversion sets the latent search of a model whose generator draws from "
+                               "latent vectors (scheme unconditional_gan); this model's takes images")
+        recipe = {**recipe, "inversion": {**(recipe.get("inversion") or {}), **inversion}}
+    try:
+        generator = inversion_denoiser(generator, recipe.get("inversion"))
+    except (TypeError, ValueError) as error:
+        raise ToolboxError(f"inversion settings: {error}; the keys are {', '.join(INVERSION_KEYS)}") from error
     name = f"{recipe.get('name') or 'model'} step {payload.get('step', '?')}"
     return TrainedModel(generator, recipe, name, path)
 
@@ -217,6 +231,8 @@ def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_sp
     normalizer = fit_normalizer(norm_spec, units)
     normalised = normalizer.forward(units).astype(np.float32)
     network = generator
+    if hasattr(network, "in_units_of"):  # a likelihood counting in the image's own units
+        network = network.in_units_of(normalizer, units)
     if noise_level_map:
         level = estimated_sigma(units, noise_spec) if sigma is None else float(sigma)
         network = NoiseLevelInput(network, level / normalizer.scale).train(generator.training)

@@ -125,7 +125,10 @@ class Parts:
         (called before training and by ``recipe check``), so that a network that cannot take
         such patches (a thin 3D slab through a deep discriminator) is a one-line recipe
         error, not a torch error at the first step."""
-        if self._generator is not None:
+        generator = unwrap(self._generator) if self._generator is not None else None
+        if generator is not None and getattr(generator, "latent_dim", None):
+            self._check_latent_generator(generator)
+        elif generator is not None:
             out = self._check_patch(unwrap(self._generator), "generator", input_channels(self.recipe),
                                     tuple(self.recipe["data"]["patch_size"]))
             expected = output_patch(self.recipe)
@@ -137,6 +140,23 @@ class Parts:
         if self._discriminator is not None:
             self._check_patch(unwrap(self._discriminator), "discriminator", self._discriminator_channels,
                               output_patch(self.recipe))
+
+    def _check_latent_generator(self, generator: torch.nn.Module) -> None:
+        """A generator drawing from latent vectors must draw images of the training patches'
+        size (the discriminator sees both; denoising tiles images into such windows)."""
+        was_training = generator.training
+        generator.eval()
+        try:
+            with torch.no_grad():
+                out = first_output(generator(torch.zeros(1, int(generator.latent_dim), device=self.device)))
+        finally:
+            generator.train(was_training)
+        patch = tuple(int(p) for p in self.recipe["data"]["patch_size"])
+        if tuple(out.shape[1:]) != (self.channels, *patch):
+            raise RecipeError(f"the generator draws images of {'x'.join(map(str, out.shape[2:]))} with "
+                              f"{out.shape[1]} channel(s); data.patch_size is {'x'.join(map(str, patch))} with "
+                              f"{self.channels}: make the generator's image_size the patch size",
+                              self.source, "generator")
 
     def _check_patch(self, network: torch.nn.Module, role: str, in_channels: int, patch) -> torch.Tensor:
         was_training = network.training

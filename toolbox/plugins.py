@@ -20,6 +20,7 @@ BUILTIN_PLUGINS = (
     "toolbox_plugins.adl",
     "toolbox_plugins.esrgan",
     "toolbox_plugins.dcgan",
+    "toolbox_plugins.unconditional_gan",
     "toolbox_plugins.wgan",
     "toolbox_plugins.vgg",
     "toolbox_plugins.resunet",

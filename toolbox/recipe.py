@@ -135,6 +135,27 @@ SCHEMA = Section(
         "losses": PartMap("losses"),
         "optimizers": PartMap("optimizers"),
         "scheme": Part("schemes", required=True),
+        "inversion": Section(
+            {
+                "starts": Value((int,), default=8, help="random latent starts searched together (seed: 10)"),
+                "steps": Value((int,), default=100, help="Adam steps on every start (seed: m = 1500)"),
+                "max_steps": Value((int,), default=300,
+                                   help="further steps on the best start (seed: n = 10000)"),
+                "eps": Value(NUMBER, default=0.0, help="stop once the best start's loss is below this"),
+                "lr": Value(NUMBER, default=0.01, help="Adam's rate on the latents (the seed's finding)"),
+                "loss": Value((str,), default="mse", choices=("mse", "poisson")),
+                "counts_per_unit": Value(NUMBER, help="poisson: counts per unit of the image's intensity "
+                                                      "(1 if the image is in counts)"),
+                "prior": Value(NUMBER, default=0.0, help="weight of the N(0, 1) latent prior, mean(z^2)"),
+                "seed": Value((int,), default=0, help="seed of the random starts"),
+                "residual": Value((str,), default="none", choices=("none", "shrink"),
+                                  help="shrink: add back the part of noisy - G(z) that is more than noise "
+                                       "(scalar Wiener gain per window; not in the seed)"),
+                "sigma": Value(NUMBER, help="noise SD in the image's units for residual: shrink (default: "
+                                            "from the Poisson counts, else estimated from each image)"),
+            },
+            absent_is_none=True,
+        ),
         "train": Section(
             {
                 "steps": Value((int,), required=True, help="generator steps"),

@@ -56,6 +56,12 @@ class Scheme:
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"] = lr
 
+    def sample_grid(self, generator: torch.nn.Module) -> torch.Tensor | None:
+        """Images ``(N, C, *spatial)`` in 0..1 that ``generator`` makes on its own, drawn as a
+        grid at every validation: an unconditional GAN's samples from fixed latents.  An
+        image-to-image scheme has none (its validation figures are the held-out images)."""
+        return None
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return dict(self._optimizers)
 

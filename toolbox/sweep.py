@@ -48,7 +48,7 @@ def _with(spec: dict, keys: list[str], value) -> dict:
 
 def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=None, out_dir=None,
           device_name: str = "auto", seed: int = 12345, console=None, ensemble: int = 1,
-          true_sigma: bool = False) -> dict:
+          true_sigma: bool = False, inversion: dict | None = None) -> dict:
     from toolbox.console import make_console
     from toolbox.data.normalize import describe_range
     from toolbox.distributed import pick_device
@@ -58,7 +58,7 @@ def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=N
     console = console or make_console()
     keys, values = parse_sweep(sweep_text)
     device = pick_device(device_name)
-    model = load_trained_model(model_path, device, registry)
+    model = load_trained_model(model_path, device, registry, inversion)
     check_options(model, ensemble=ensemble, true_sigma=true_sigma)  # the plain model scores as it is
     base = noise_spec or model.recipe["data"].get("noise")
     if not base:

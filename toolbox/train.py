@@ -19,7 +19,9 @@ from toolbox.data.datasets import build_data
 from toolbox.data.sampling import batch_indices, make_loader
 from toolbox.distributed import barrier, broadcast_from_main, init_distributed, mean_over_ranks, run_on_main, unwrap
 from toolbox.ema import WeightAverage
-from toolbox.errors import ToolboxError
+from toolbox.errors import RecipeError, ToolboxError
+from toolbox.figures import write_grid
+from toolbox.latent_inversion import inversion_denoiser, is_latent_generator
 from toolbox.lr_schedule import LearningRateSchedule
 from toolbox.parts import Parts
 from toolbox.pretrained import initial_weights
@@ -39,6 +41,10 @@ def build_scheme(recipe: Recipe, registry: Registry, device: torch.device, amp=F
     if scheme.generator is None:
         raise ToolboxError(f"scheme '{recipe['scheme']['type']}' did not set its generator")
     parts.check_networks()
+    if recipe.get("inversion") is not None and not is_latent_generator(scheme.generator):
+        raise RecipeError(f"inversion: settings for denoising by latent search, and generator "
+                          f"'{recipe['generator']['type']}' takes images, not latent vectors; remove the "
+                          "section", recipe.source, "inversion")
     return parts, scheme
 
 
@@ -100,9 +106,16 @@ class Training:
         self.run.truncate_metrics(self.start_step)
 
     @property
-    def denoiser(self) -> torch.nn.Module:
-        """The network validation scores and inference will use (the weight average, if any)."""
+    def network(self) -> torch.nn.Module:
+        """The generator whose weights validation, the best checkpoint and inference use (the
+        weight average, if any)."""
         return self.ema.network if self.ema is not None else self.generator
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """What validation denoises with: the network, or for a latent generator a search of
+        its latent space (toolbox.latent_inversion)."""
+        return inversion_denoiser(self.network, self.config.get("inversion"))
 
     def validate(self, **kwargs):
         data_cfg = self.config["data"]
@@ -147,6 +160,9 @@ class Training:
             psnr, ssim = mean(rows, "psnr"), mean(rows, "ssim")
             self.run.log({"step": step, "split": "val", "psnr": psnr, "ssim": ssim})
             improved = {"val_psnr": psnr, "val_ssim": ssim} if psnr > self.best_psnr else None
+            samples = self.scheme.sample_grid(self.network)
+            if samples is not None:
+                write_grid(self.run.path / "figures" / f"samples_step{step:06d}.png", samples.numpy())
         improved = broadcast_from_main(improved)
         if improved is not None:
             self.best_psnr = improved["val_psnr"]
@@ -184,7 +200,7 @@ class Training:
             barrier()  # rank 0 writes the final report
             return None
         try:
-            return final_report(self.run.path, self.config, self.data, self.denoiser, self.validate, started,
+            return final_report(self.run.path, self.config, self.data, self.network, self.validate, started,
                                 self.console)
         finally:
             barrier()
