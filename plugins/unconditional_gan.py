@@ -27,6 +27,12 @@ class UnconditionalGAN(GANScheme):
     """A latent generator against a discriminator on clean images (see the module)."""
 
     adversarial_example = "{type: gan, mode: bce, real_label: 0.9}"
+    #: the parts the contract check (toolbox.testing.check_scheme) trains it with
+    example_parts = {
+        "generator": {"type": "dcgan_generator", "latent_dim": 8, "image_size": 16, "base_filters": 4},
+        "discriminator": {"type": "dcgan_discriminator", "image_size": 16, "base_filters": 4},
+        "losses": {"adv": {"type": "gan", "mode": "bce", "real_label": 0.9}},
+    }
 
     def __init__(self, parts, adversarial: str = "adv", samples: int = 16):
         super().__init__(parts, adversarial=adversarial, conditional=False, d_steps=1)

@@ -128,6 +128,14 @@ def test_a_run_denoises_by_latent_search_and_keeps_the_geometry(tmp_path, capsys
                  "--inversion", "{stars: 3}"]) == 2
     assert "unknown setting(s) stars" in capsys.readouterr().err
     assert not (tmp_path / "x.nii.gz").exists()
+    # evaluate scores the search like any model, with the same settings option.
+    assert main(["evaluate", str(run), str(EM / "test" / "np_1001_001.tif"), "--noise", "{type: poisson, peak: 100}",
+                 "--inversion", "{starts: 1, residual: shrink}", "-o", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "report.json").is_file()
+    # A search per image cannot be exported: one line, nothing written.
+    assert main(["export", str(run), "--format", "torchscript", "-o", str(tmp_path / "m.pt")]) == 2
+    assert "searching the latent space" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_inversion_option_on_an_image_model_is_refused(percentile_model, small_ct, tmp_path, capsys):
@@ -157,3 +165,11 @@ def test_two_ranks_train_it_under_torchrun(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     payload = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     assert payload["world_size"] == 2 and payload["step"] == 2
+
+
+def test_a_step_under_mixed_precision():
+    parts, scheme = toolbox.build_scheme(toolbox.validate_recipe(em_recipe()), amp="bf16")
+    assert parts.amp_dtype is torch.bfloat16
+    batch = {"input": torch.rand(4, 1, 16, 16), "target": torch.rand(4, 1, 16, 16)}
+    terms = scheme.train_step([batch], 1)
+    assert all(torch.isfinite(v) for v in terms.values())

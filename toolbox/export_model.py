@@ -74,6 +74,7 @@ def read_test_image(path: Path, info: ExportInfo, registry) -> np.ndarray:
 def export_model(registry, model_path: Path, fmt: str, output: Path, overwrite: bool = False,
                  test_image_path: Path | None = None, log=print) -> ExportInfo:
     from toolbox.infer import load_trained_model
+    from toolbox.latent_inversion import is_latent_generator
 
     exporter = registry.get("exporters", fmt, "--format", "format").factory()
     output = Path(output)
@@ -83,6 +84,10 @@ def export_model(registry, model_path: Path, fmt: str, output: Path, overwrite: 
     if output.resolve() == Path(model.checkpoint).resolve():
         raise ToolboxError(f"{output}: that is the model being exported; choose another output path")
     generator_name = model.recipe["generator"].get("type")
+    if is_latent_generator(model.generator):
+        raise ToolboxError(f"{model_path}: this model denoises by searching the latent space of '{generator_name}' "
+                           "(an optimisation per image, scheme unconditional_gan), which an exported network "
+                           "cannot hold; denoise with toolbox denoise")
     try:
         with quiet_tracing():
             network, info = build_exportable(model)

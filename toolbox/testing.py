@@ -202,6 +202,8 @@ def tiny_recipe(scheme: str, spatial_dims: int = 2, registry=None, **sections) -
     if not (inspect.isclass(component.factory) and issubclass(component.factory, GANScheme)):
         # A non-adversarial scheme gets fidelity losses only, and no discriminator.
         del parts["discriminator"], parts["losses"]["adv"], parts["optimizers"]["discriminator"]
+    # A scheme that needs particular parts (a latent generator, ...) names them.
+    parts.update(copy.deepcopy(getattr(component.factory, "example_parts", {})))
     recipe = {
         "seed": 0,
         "data": {"spatial_dims": spatial_dims, "channels": 1, "patch_size": [16] * spatial_dims,
