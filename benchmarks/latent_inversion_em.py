@@ -65,7 +65,6 @@ def main() -> None:
 
     import toolbox
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = sorted(Path(args.images).glob("*.tif"))[: args.limit or None]
@@ -95,6 +94,9 @@ def main() -> None:
     for kind, level in conditions:
         label = f"Poisson {level:g}" if kind == "poisson" else f"Gaussian {level:g}"
         print(f"{label} ...", flush=True)
+        if kind == "poisson":  # the search told the true dose
+            poisson = toolbox.load_model(args.dcgan, inversion={**search, "loss": "poisson", "residual": "shrink",
+                                                                 "counts_per_unit": float(level)})
         for index, (path, clean) in enumerate(zip(paths, cleans)):
             noisy = noisy_copy(clean, kind, level, seed=1000 * index + int(level * 1000))
             sigma = float(np.sqrt(np.mean((noisy - clean) ** 2)))
@@ -108,8 +110,6 @@ def main() -> None:
             for name, model in models.items():
                 outputs[name] = timed(name, lambda: toolbox.denoise_with_model(model, noisy, None, device))
             if kind == "poisson":
-                poisson = toolbox.load_model(args.dcgan, inversion={**search, "loss": "poisson", "residual": "shrink",
-                                                                     "counts_per_unit": float(level)})
                 outputs["DCGAN + shrink, Poisson"] = timed(
                     "DCGAN + shrink, Poisson", lambda: toolbox.denoise_with_model(poisson, noisy, None, device))
             extent = float(clean.max() - clean.min())

@@ -153,3 +153,17 @@ def test_the_wiener_gain_follows_the_residual_power():
     out = inversion.corrected(noisy, drawn)
     torch.testing.assert_close(out[0], drawn[0])  # residual power = noise variance: all noise
     torch.testing.assert_close(out[1], drawn[1] + 0.99 * 1.0)  # 1 - 0.01 / 1
+
+
+def test_the_poisson_term_is_zero_at_the_counts_and_positive_elsewhere():
+    # So that eps (>= 0) stops the search only at a fit, as for the squared error.
+    counts = torch.tensor([[[[0.0, 1.0, 5.0, 40.0]]]])
+    c = 10.0
+    # (a pixel of no counts costs the rate floor, 1e-3 counts)
+    assert float(poisson_nll(counts / c, counts / c, c)) == pytest.approx(0.0, abs=1e-3)
+    assert float(poisson_nll(counts / c + 0.05, counts / c, c)) > 0
+    generator = TinyLatentGenerator()
+    target = generator(torch.tensor([[0.2, 0.1, -0.4]])).detach()
+    inversion = LatentInversion(generator, starts=2, steps=5, max_steps=50, loss="poisson", counts_per_unit=100)
+    _, loss = inversion.search(torch.poisson(target * 100, generator=torch.Generator().manual_seed(0)) / 100)
+    assert float(loss) > 0

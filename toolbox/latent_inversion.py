@@ -42,6 +42,8 @@ import time
 
 import torch
 
+from toolbox.distributed import unwrap
+
 LOSSES = ("mse", "poisson")
 RESIDUALS = ("none", "shrink")
 #: The settings of a search (a recipe's ``inversion`` section, ``--inversion``).
@@ -55,18 +57,24 @@ RATE_FLOOR = 1e-3
 
 def is_latent_generator(network: torch.nn.Module) -> bool:
     """Whether ``network`` draws images from latent vectors (it has ``latent_dim``)."""
-    network = getattr(network, "module", network)  # DDP
-    return bool(getattr(network, "latent_dim", None))
+    return bool(getattr(unwrap(network), "latent_dim", None))
 
 
 def poisson_nll(prediction: torch.Tensor, noisy: torch.Tensor, counts_per_unit: float) -> torch.Tensor:
-    """Per-sample Poisson negative log-likelihood (without the constant ``log(k!)``), averaged
-    over the pixels: counts ``k = c * noisy`` observed where the rate is ``c * prediction``.
-    Its gradient with respect to a pixel of ``prediction`` is ``c (1 - noisy / prediction)``
-    divided by the pixel count (where the rate is above ``RATE_FLOOR`` counts)."""
+    """Per-sample Poisson negative log-likelihood, averaged over the pixels, of counts
+    ``k = c * noisy`` observed where the rate is ``c * prediction``, measured from that of
+    the counts themselves (half the Poisson deviance): ``rate - k - k log(rate / k)``, which
+    is 0 where the rate equals the count and positive elsewhere, so that ``eps`` means the
+    same as for the squared error (without the offset the likelihood is negative and any
+    ``eps`` >= 0 would stop the search at once).  Its gradient with respect to a pixel of
+    ``prediction`` is ``c (1 - noisy / prediction)`` divided by the pixel count (where the
+    rate is above ``RATE_FLOOR`` counts)."""
     c = float(counts_per_unit)
     rate = (c * prediction).clamp(min=RATE_FLOOR)
-    nll = rate - c * noisy * torch.log(rate)
+    counts = (c * noisy).clamp(min=0)
+    # k log k -> 0 as k -> 0: a pixel with no counts costs its rate.
+    saturated = torch.where(counts > 0, counts * torch.log(counts.clamp(min=RATE_FLOOR)), torch.zeros_like(counts))
+    nll = rate - counts - counts * torch.log(rate) + saturated
     return nll.flatten(1).mean(1)
 
 
@@ -105,14 +113,15 @@ class LatentInversion(torch.nn.Module):
         if sigma is not None and not float(sigma) >= 0:
             raise ValueError(f"inversion sigma must be a non-negative noise SD in the image's units, got {sigma}")
         self.generator = generator
-        self.latent_dim = int(getattr(generator, "module", generator).latent_dim)
+        self.latent_dim = int(unwrap(generator).latent_dim)
         self.starts, self.steps, self.max_steps = int(starts), int(steps), int(max_steps)
         self.eps, self.lr, self.loss, self.prior, self.seed = float(eps), float(lr), loss, float(prior), int(seed)
         self.counts_per_unit = None if counts_per_unit is None else float(counts_per_unit)
         self.residual, self.sigma = residual, None if sigma is None else float(sigma)
         # The image's units per normalised unit and its offset, and its noise SD in
-        # normalised units when known (set per image by denoise).
-        self.intensity_scale, self.intensity_offset, self.noise_sd = 1.0, 0.0, None
+        # normalised units when known (set per image by denoise; until then the image's
+        # units are the normalised ones).
+        self.intensity_scale, self.intensity_offset, self.noise_sd = 1.0, 0.0, self.sigma
         self.seconds, self.windows = 0.0, 0
 
     def in_units_of(self, normalizer, units=None) -> LatentInversion:
@@ -138,8 +147,6 @@ class LatentInversion(torch.nn.Module):
             return (units / self.counts_per_unit).flatten(1).mean(1) / self.intensity_scale**2
         if self.noise_sd is not None:
             return torch.full((noisy.shape[0],), self.noise_sd**2, device=noisy.device)
-        if self.sigma is not None:
-            return torch.full((noisy.shape[0],), (self.sigma / self.intensity_scale) ** 2, device=noisy.device)
         from toolbox.noise_estimation import estimate_gaussian
 
         windows = noisy.detach().cpu().numpy()
@@ -172,20 +179,23 @@ class LatentInversion(torch.nn.Module):
         latent = latent.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([latent], lr=self.lr)
         best = latent.detach().clone()
-        with torch.no_grad():
-            best_loss = self.objective(latent, noisy)
-        for _ in range(steps):
-            if eps is not None and bool((best_loss <= eps).all()):
+        best_loss = torch.full((latent.shape[0],), float("inf"), device=latent.device)
+        for step in range(steps + 1):
+            # One forward per step: the loss of the latents as they are before this step's
+            # update is both the record of the best and the step's gradient.
+            grad = step < steps and not (eps is not None and bool((best_loss <= eps).all()))
+            with torch.set_grad_enabled(grad):
+                loss = self.objective(latent, noisy)
+            with torch.no_grad():
+                better = loss.detach() < best_loss
+                best[better] = latent.detach()[better]
+                best_loss = torch.where(better, loss.detach(), best_loss)
+            if not grad:
                 break
             optimizer.zero_grad(set_to_none=True)
             # The sum keeps every sample's gradient its own (Adam scales each coordinate).
-            self.objective(latent, noisy).sum().backward()
+            loss.sum().backward()
             optimizer.step()
-            with torch.no_grad():
-                loss = self.objective(latent, noisy)
-                better = loss < best_loss
-                best[better] = latent.detach()[better]
-                best_loss = torch.where(better, loss, best_loss)
         return best, best_loss
 
     def search(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
