@@ -125,8 +125,10 @@ class Parts:
         (called before training and by ``recipe check``), so that a network that cannot take
         such patches (a thin 3D slab through a deep discriminator) is a one-line recipe
         error, not a torch error at the first step."""
+        from toolbox.latent_inversion import is_latent_generator
+
         generator = unwrap(self._generator) if self._generator is not None else None
-        if generator is not None and getattr(generator, "latent_dim", None):
+        if generator is not None and is_latent_generator(generator):
             self._check_latent_generator(generator)
         elif generator is not None:
             out = self._check_patch(unwrap(self._generator), "generator", input_channels(self.recipe),
