@@ -23,7 +23,9 @@ Scripts (each uses the installed plugins):
 - ``load_recipe``, ``validate_recipe``, ``build_data``, ``build_scheme``, ``build_generator``,
   ``seed_everything``, ``make_loader``, ``run_training``;
 - ``read_volume``, ``write_volume`` (with the registered formats; ``toolbox.io`` has the rest);
-- ``load_model``, ``denoise_with_model``, ``TrainedModel``, ``evaluate``, ``build_cases``,
+- ``load_model``, ``denoise_with_model``, ``TrainedModel``, ``denoise_options(model,
+  sigma=, ensemble=, window=, amp=)`` (a model set as ``toolbox denoise``'s options set it),
+  ``evaluate``, ``build_cases``,
   ``run_baseline``, ``classical_baseline`` (BM3D / BM4D when installed), ``non_local_means``,
   ``anscombe_baseline`` (BM3D / BM4D for Poisson noise), ``psnr_ssim``, ``write_grid`` and
   ``write_line_plot`` (the figures ``toolbox`` draws);
@@ -63,6 +65,7 @@ _LAZY = {
     "HostedModel": ("toolbox.pretrained", "HostedModel"),
     "sha256_of": ("toolbox.pretrained", "sha256_of"),
     "denoise_with_model": ("toolbox.infer", "denoise_with_model"),
+    "denoise_options": ("toolbox.infer", "check_options"),
     "run_baseline": ("toolbox.evaluation", "run_baseline"),
     "classical_baseline": ("toolbox.baselines", "bm3d_or_bm4d"),
     "non_local_means": ("toolbox.baselines", "non_local_means"),

@@ -97,7 +97,8 @@ def cmd_denoise(args) -> int:
         denoise_inputs(model, [Path(p) for p in inputs], Path(args.output), _registry(),
                        overwrite=args.overwrite, series=args.series, device_name=args.device,
                        overlap=args.overlap, sigma=args.sigma, ensemble=args.ensemble,
-                       inversion=_yaml_mapping(args.inversion, "--inversion", INVERSION_EXAMPLE))
+                       inversion=_yaml_mapping(args.inversion, "--inversion", INVERSION_EXAMPLE),
+                       window=args.window, amp=args.amp)
     finally:
         shutdown()
     return 0
@@ -133,11 +134,11 @@ def cmd_evaluate(args) -> int:
             raise ToolboxError("--sweep draws synthetic noise at each level; it does not take --noisy")
         sweep(Path(args.model), args.data, _registry(), args.sweep, noise_spec=noise, out_dir=args.output,
               device_name=args.device, seed=args.seed, ensemble=args.ensemble, true_sigma=args.true_sigma,
-              inversion=inversion)
+              inversion=inversion, window=args.window, amp=args.amp)
         return 0
     evaluate(Path(args.model), args.data, _registry(), noisy_paths=args.noisy, noise_spec=noise,
              out_dir=args.output, device_name=args.device, seed=args.seed, ensemble=args.ensemble,
-             true_sigma=args.true_sigma, inversion=inversion)
+             true_sigma=args.true_sigma, inversion=inversion, window=args.window, amp=args.amp)
     return 0
 
 
@@ -351,6 +352,16 @@ def _add_inversion(parser) -> None:
                              f"the recipe's inversion section, e.g. '{INVERSION_EXAMPLE}'")
 
 
+def _add_speed_options(parser) -> None:
+    from toolbox.inference_window import WINDOW_CHOICES
+
+    parser.add_argument("--window", metavar="SIZE", help=f"sliding windows: {WINDOW_CHOICES}; larger windows "
+                        "are faster, and for some models less exact (BENCHMARKS.md)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision (bfloat16 on the CPU, float16 on CUDA): several times faster on "
+                             "CPUs with AMX/AVX512-BF16 and on GPUs, at a small cost in PSNR (BENCHMARKS.md)")
+
+
 def _add_denoise(sub) -> None:
     denoise = sub.add_parser("denoise", help="denoise NIfTI / DICOM series / TIFF / PNG with a trained model")
     denoise.add_argument("model", help="a run folder (uses its best checkpoint) or a checkpoint file")
@@ -372,6 +383,7 @@ def _add_denoise(sub) -> None:
                          help="N processes, each denoising every N-th input (same as torchrun "
                               "--nproc_per_node N -m toolbox denoise ...)")
     _add_inversion(denoise)
+    _add_speed_options(denoise)
     denoise.set_defaults(func=cmd_denoise)
 
 
@@ -395,6 +407,7 @@ def _add_evaluate(sub) -> None:
     evaluate.add_argument("--true-sigma", action="store_true",
                           help="also score a noise-conditional model given the true noise SD (default: estimated)")
     _add_inversion(evaluate)
+    _add_speed_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
 

@@ -13,7 +13,8 @@ from toolbox.errors import ToolboxError
 def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry, overwrite: bool = False,
                    series: str | None = None, device_name: str = "auto",
                    overlap: float | None = None, console=None, sigma: float | None = None,
-                   ensemble: int = 1, inversion: dict | None = None) -> list[Path]:
+                   ensemble: int = 1, inversion: dict | None = None, window: str | None = None,
+                   amp: bool = False) -> list[Path]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from toolbox.data.volumes import check_output, expand_inputs, formats_of, read_volume, write_volume
@@ -37,7 +38,8 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry,
     # before any rank writes; now each takes every world_size-th input.
     barrier()
     mine = rank_slice(list(zip(items, targets)), ranks)
-    model = check_options(load_trained_model(model_path, device, registry, inversion), sigma, ensemble)
+    model = check_options(load_trained_model(model_path, device, registry, inversion), sigma, ensemble,
+                          window=window, amp=amp)
     overlap = float(model.recipe["train"].get("val_overlap", 0.25)) if overlap is None else overlap
     description = f"denoised {model.name}"
     written, seconds = [], []

@@ -117,7 +117,8 @@ def run_baseline(method, norm_spec: dict, noisy: np.ndarray, sigma: float) -> np
 
 def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_spec=None, out_dir=None,
              device_name: str = "auto", seed: int = 12345, console=None, ensemble: int = 1,
-             true_sigma: bool = False, inversion: dict | None = None) -> dict:
+             true_sigma: bool = False, inversion: dict | None = None, window: str | None = None,
+             amp: bool = False) -> dict:
     """The model at ``model_path`` (a run folder or checkpoint) against the classical
     baselines on ``clean_paths``; writes report.json, report.csv and figures.  ``ensemble``
     > 1 adds a row for the model with that test-time self-ensemble; ``true_sigma`` one for a
@@ -131,6 +132,7 @@ def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_sp
     device = pick_device(device_name)
     model = load_trained_model(model_path, device, registry, inversion)
     check_options(model, ensemble=ensemble, true_sigma=true_sigma)
+    model = check_options(model, window=window, amp=amp)  # every row denoises with these
     if out_dir is None:
         base = Path(model_path) if Path(model_path).is_dir() else Path(".")
         out_dir = base / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"

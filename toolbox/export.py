@@ -368,14 +368,15 @@ def reference_denoise(network: ExportableNetwork, info: ExportInfo, units: np.nd
                       sigma: Optional[float] = None) -> np.ndarray:
     """What ``toolbox denoise`` makes of ``units`` ((C, *spatial), in the image's units) with
     ``network``'s generator: the same normalisation, noise-level estimate (``noise``: the
-    recipe's ``data.noise``), sliding windows of the recipe's patch size and slice-by-slice
-    runs of a 2D model over a volume (along the last axis).  A format's own check."""
+    recipe's ``data.noise``), sliding windows of the recipe's patch size (``toolbox denoise
+    --window patch``; an export tiles that way) and slice-by-slice runs of a 2D model over a
+    volume (along the last axis).  A format's own check."""
     from toolbox.infer import denoise_units
 
     slice_axis = units.ndim - 2 if units.ndim - 1 > info.spatial_dims else None
     return denoise_units(network.generator, info.spatial_dims, info.patch_size, info.normalize, units, slice_axis,
                          torch.device("cpu"), info.overlap, context=info.context_slices,
-                         noise_level_map=info.noise_level_map, sigma=sigma, noise_spec=noise)
+                         noise_level_map=info.noise_level_map, sigma=sigma, noise_spec=noise, window="patch")
 
 
 # -- for formats whose users cannot give a noise level (Fiji, napari: BioImage Model Zoo) --

@@ -80,7 +80,7 @@ def export_model(registry, model_path: Path, fmt: str, output: Path, overwrite: 
     output = Path(output)
     if exporter.suffix and not output.name.endswith(exporter.suffix):
         raise ToolboxError(f"{output}: a {fmt} export is written as a file ending in {exporter.suffix}")
-    model = load_trained_model(Path(model_path), torch.device("cpu"), registry)
+    model = load_trained_model(Path(model_path), torch.device("cpu"), registry, channels_last=False)
     if output.resolve() == Path(model.checkpoint).resolve():
         raise ToolboxError(f"{output}: that is the model being exported; choose another output path")
     generator_name = model.recipe["generator"].get("type")

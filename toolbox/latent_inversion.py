@@ -91,6 +91,8 @@ class LatentInversion(torch.nn.Module):
     searched in one batch.  ``seconds`` and ``windows`` count the work done, for reports.
     """
 
+    fixed_input_size = True  # the generator draws images of one size: windows are never grown
+
     def __init__(self, generator: torch.nn.Module, starts: int = 8, steps: int = 100, max_steps: int = 300,
                  eps: float = 0.0, lr: float = 0.01, loss: str = "mse", counts_per_unit: float | None = None,
                  prior: float = 0.0, seed: int = 0, residual: str = "none", sigma: float | None = None):

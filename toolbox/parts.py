@@ -88,7 +88,7 @@ class Parts:
         # A 2.5D generator sees `context_slices` adjacent slices of every channel.
         self.context = recipe["data"].get("context_slices", 1)
         self.registry = registry
-        self.amp_dtype = _amp_dtype(amp, device)
+        self.amp_dtype = amp_dtype(amp, device)
         self.find_unused = find_unused_parameters  # DDP only
         self.memory_format = (None if not channels_last else
                               torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d)
@@ -229,7 +229,8 @@ class Parts:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-def _amp_dtype(amp, device: torch.device):
+def amp_dtype(amp, device: torch.device):
+    """The autocast type of ``train.amp`` / ``--amp`` on ``device`` (None: full precision)."""
     if amp in (False, None):
         return None
     if amp == "fp16":
@@ -237,4 +238,4 @@ def _amp_dtype(amp, device: torch.device):
     if amp == "bf16":
         return torch.bfloat16
     # amp: true -> the usual choice for the device
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16

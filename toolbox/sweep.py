@@ -48,7 +48,8 @@ def _with(spec: dict, keys: list[str], value) -> dict:
 
 def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=None, out_dir=None,
           device_name: str = "auto", seed: int = 12345, console=None, ensemble: int = 1,
-          true_sigma: bool = False, inversion: dict | None = None) -> dict:
+          true_sigma: bool = False, inversion: dict | None = None, window: str | None = None,
+          amp: bool = False) -> dict:
     from toolbox.console import make_console
     from toolbox.data.normalize import describe_range
     from toolbox.distributed import pick_device
@@ -60,6 +61,7 @@ def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=N
     device = pick_device(device_name)
     model = load_trained_model(model_path, device, registry, inversion)
     check_options(model, ensemble=ensemble, true_sigma=true_sigma)  # the plain model scores as it is
+    model = check_options(model, window=window, amp=amp)  # every row denoises with these
     base = noise_spec or model.recipe["data"].get("noise")
     if not base:
         raise ToolboxError("give --noise (the model's recipe has no noise model to sweep)")
