@@ -90,8 +90,8 @@ def main() -> None:
                          case.data_range)
 
     shape = "x".join(map(str, case.clean.shape[1:]))
-    print(f"{case.name} ({shape}, {voxels:,} voxels), Gaussian sigma {args.sigma} "
-          f"(= {255 * args.sigma:.0f}/255), {torch.get_num_threads()} threads\n")
+    print(f"{case.name} ({shape}, {voxels:,} voxels), Gaussian sigma {args.sigma} of the normalised range "
+          f"(= {case.sigma:.4g} in the image's units), {torch.get_num_threads()} threads\n")
     print("| method | seconds | voxels/s | " + " | ".join(f"PSNR / SSIM ({r})" for r, _ in regions) + " |")
     print("|---|---|---|" + "---|" * len(regions))
     for label, result, seconds in (("noisy", case.noisy, None), *runs,
