@@ -86,7 +86,7 @@ class Denoiser:
             raise ValueError(f"a {dims}D image and a {self.spatial_dims}D model")
         with torch.no_grad():
             output = inferer(normalised, run)[0].float().cpu().numpy()
-        output = normalizer.inverse(output).astype(np.float32)
+        output = normalizer.denoised(output).astype(np.float32)  # and raised to the recipe's floor
         meta = dict(getattr(image, "meta", {}) or {})
         affine = getattr(image, "affine", None)
         if affine is not None and self.scale != 1:

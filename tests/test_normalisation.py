@@ -145,3 +145,53 @@ def test_ct_padding_outside_the_field_of_view_is_kept_and_not_seen(denoising_ct_
     assert error_rms < 0.8 * noise_rms
     ring = inside & ((rows - 255.5) ** 2 + (cols - 255.5) ** 2 > 240.0 ** 2)  # next to the padding
     assert np.abs(pixels[ring] - hu[ring]).mean() < np.abs(stored[ring] - hu[ring]).mean()
+
+
+def test_a_floor_raises_denoised_values_only():
+    values = np.array([[-30.0, -0.5, 0.0, 12.0]], np.float32)
+    for spec in ({"type": "scale", "floor": 0}, {"type": "window", "low": -1000, "high": 1000, "floor": -1024},
+                 {"type": "none", "floor": 0}):
+        normalizer = fit_normalizer(spec, np.abs(values) + 100)
+        normalised = normalizer.forward(values)
+        np.testing.assert_allclose(normalizer.inverse(normalised), values, atol=1e-4)  # noise is added this way
+        np.testing.assert_allclose(normalizer.denoised(normalised), np.maximum(values, spec["floor"]), atol=1e-4)
+    assert fit_normalizer({"type": "scale"}, values).denoised(values).min() == -30.0
+
+
+def test_the_mr_model_floors_its_output_and_the_baselines_but_not_the_noisy_image():
+    """A magnitude MR volume has nothing below 0; the shipped `mr3d` recipe says so
+    (normalize.floor: 0), and the model's output and a classical method's are raised to it
+    (better: the clean background is 0), while the noisy input stays as it was."""
+    import dataclasses
+
+    from toolbox import non_local_means, run_baseline
+
+    clean = np.asarray(nib.load(str(SAMPLES / "mr3d" / "test" / "mni_t1_2mm_z52-80.nii.gz")).dataobj,
+                       np.float32)[None]
+    noisy = clean + np.random.default_rng(0).normal(0, 25, clean.shape).astype(np.float32)
+    model = load_trained_model(SAMPLES.parent / "plugins" / "pretrained" / "mr3d.pt")
+    spec = model.recipe["data"]["normalize"]
+    assert spec["floor"] == 0
+    unfloored = dataclasses.replace(model, recipe={**model.recipe, "data": {
+        **model.recipe["data"], "normalize": {k: v for k, v in spec.items() if k != "floor"}}})
+    floored_out = denoise_with_model(model, noisy, None, torch.device("cpu"))
+    raw_out = denoise_with_model(unfloored, noisy, None, torch.device("cpu"))
+    assert raw_out.min() < -10 and floored_out.min() == 0
+    np.testing.assert_array_equal(floored_out, np.maximum(raw_out, 0))
+    span = float(clean.max() - clean.min())
+    assert psnr_ssim(floored_out, clean, 3, span)[0] > psnr_ssim(raw_out, clean, 3, span)[0] + 0.1
+    nlm = run_baseline(non_local_means, spec, noisy, 25.0)
+    assert nlm.min() == 0
+    from toolbox.baselines import identity
+    np.testing.assert_allclose(run_baseline(identity, spec, noisy, 25.0), noisy, atol=1e-3)  # negatives kept
+
+
+def test_a_floor_must_be_a_number(tmp_path, capsys):
+    from conftest import tiny_recipe, write_recipe
+
+    recipe = tiny_recipe(SAMPLES / "ct")
+    recipe["data"]["normalize"] = {"type": "scale", "floor": "zero"}
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    assert main(["recipe", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "data.normalize.floor" in err and len(err.strip().splitlines()) == 1

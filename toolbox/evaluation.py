@@ -107,12 +107,15 @@ def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None,
 
 def run_baseline(method, norm_spec: dict, noisy: np.ndarray, sigma: float) -> np.ndarray:
     """A classical denoiser on the same footing as the model: normalised like the model's
-    input (fitted to the noisy image), sigma converted, result back in the image's units."""
+    input (fitted to the noisy image), sigma converted, result back in the image's units
+    (raised to the normaliser's ``floor`` as the model's is; the identity is left noisy)."""
+    from toolbox.baselines import identity
     from toolbox.data.normalize import fit_normalizer
 
     normalizer = fit_normalizer(norm_spec, noisy)
     result = method(normalizer.forward(noisy).astype(np.float32), sigma / normalizer.scale)
-    return normalizer.inverse(result).astype(np.float32)
+    back = normalizer.inverse if method is identity else normalizer.denoised
+    return back(result).astype(np.float32)
 
 
 def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_spec=None, out_dir=None,
@@ -196,7 +199,7 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
         methods[name] = lambda method=method: run_baseline(method, norm, case.noisy, case.sigma)
     vst = vst_name(dims)
     if vst and case.photons:  # given the true photon count and read noise, in the units they were added in
-        methods[vst + then] = lambda: case.reference.inverse(
+        methods[vst + then] = lambda: case.reference.denoised(
             anscombe_bm3d_or_bm4d(case.reference.forward(case.noisy), *case.photons)).astype(np.float32)
     results, scores, rows = {}, {}, []
     for name, run in methods.items():

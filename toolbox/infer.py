@@ -286,7 +286,7 @@ def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_sp
         window = "patch"
     denoised = denoise_array(network, model_dims, roi_size, normalised, slice_axis, device, overlap,
                              progress, autocast_dtype=autocast_dtype, context=context, window=window)
-    return normalizer.inverse(denoised).astype(np.float32)
+    return normalizer.denoised(denoised).astype(np.float32)
 
 
 def check_input(model: TrainedModel, shape) -> None:

@@ -114,13 +114,21 @@ def card_file(path: Path) -> Path:
 INTERFACE = ("spatial_dims", "channels", "context_slices", "normalize", "noise_level_map")
 
 
+def _input_side(key: str, value):
+    """What of a data setting the generator's input depends on: a normalisation's map (its
+    ``floor`` only bounds the output; unset options are the same as absent ones)."""
+    if key != "normalize" or not isinstance(value, dict):
+        return value
+    return {k: v for k, v in value.items() if k != "floor" and v is not None}
+
+
 def check_same_generator(recipe: dict, other: dict, where: str, other_name: str) -> None:
     """A one-line error unless ``other``'s generator is ``recipe``'s, with the same inputs."""
     if recipe["generator"] != other["generator"]:
         raise ToolboxError(f"{where}: the generator {recipe['generator']} differs from {other_name}'s "
                            f"{other['generator']}")
     for key in INTERFACE:
-        mine, theirs = recipe["data"].get(key), other["data"].get(key)
+        mine, theirs = _input_side(key, recipe["data"].get(key)), _input_side(key, other["data"].get(key))
         if mine != theirs:
             raise ToolboxError(f"{where}: data.{key} is {mine!r}, {other_name} has {theirs!r}; "
                                "the generators must take the same input")

@@ -104,6 +104,9 @@ SCHEMA = Section(
                                       choices=("window", "percentile", "scale", "minmax", "none")),
                         "low": Value(NUMBER),
                         "high": Value(NUMBER),
+                        "floor": Value(NUMBER, help="the images' lowest value in their own units (0 for "
+                                                     "magnitude MR, photon counts): denoised values below it "
+                                                     "are raised to it"),
                     },
                 ),
                 "patch_size": Value((list,), required=True, help="the generator's input patch"),
