@@ -15,7 +15,7 @@ import torch
 from monai.networks.layers import Conv
 
 import toolbox
-from toolbox.nn import check_norm, init_normal_, logits, norm_layer, pad_to_multiple
+from toolbox.nn import check_norm, fine_detail, init_normal_, logits, norm_layer, pad_to_multiple
 
 
 def _norm(norm: str, spatial_dims: int, channels: int):
@@ -103,14 +103,26 @@ class PatchGAN(torch.nn.Module):
     """PatchGAN discriminator (pix2pix "basic": 3 layers, 70x70 receptive field in 2D).
 
     MONAI's ``PatchDiscriminator`` with pix2pix's settings; returns the logit map only.
+
+    ``detail`` > 0 (not in pix2pix; for texture fine-tuning): the discriminator judges only
+    the finest wavelet band of what it is shown (``toolbox.nn.fine_detail``, above about a
+    quarter of the sampling frequency), multiplied by ``detail``.  A blurred output and a
+    clean image differ there and hardly anywhere else, and in normalised CT units that band
+    is about 0.005-0.01: scaled up, it is what the first layer sees.  Use it with ``norm:
+    none``: real and fake batches pass the discriminator separately, so batch (and
+    instance) normalisation rescales each to the same spread and hides exactly the
+    difference in texture power a blurred output has.
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 2, num_layers: int = 3,
-                 base_filters: int = 64, norm: str = "batch"):
+                 base_filters: int = 64, norm: str = "batch", detail: float = 0.0):
         super().__init__()
         from monai.networks.nets import PatchDiscriminator
 
         check_norm(norm)
+        if detail < 0:
+            raise ValueError(f"detail is a gain (0 = off), got {detail}")
+        self.detail = float(detail)
         self.net = PatchDiscriminator(
             spatial_dims=spatial_dims, num_layers_d=num_layers, channels=base_filters,
             in_channels=in_channels, out_channels=1, kernel_size=4,
@@ -120,6 +132,8 @@ class PatchGAN(torch.nn.Module):
         init_normal_(self)
 
     def forward(self, x):
+        if self.detail:
+            x = self.detail * fine_detail(x)
         return logits(self.net(x))
 
 

@@ -93,10 +93,10 @@ def test_pyramid_bands_are_the_a_trous_b3_spline_details():
     # Bands sum to the image minus its coarsest blur (a telescoping sum).
     image = torch.rand(1, 1, 32, 32)
     bands = wavelet_bands(image, 3)
-    from toolbox_plugins.adl.losses import B3_SPLINE, _separable_blur
+    from toolbox.nn import B3_SPLINE, separable_blur
     coarse = image
     for level in range(3):
-        coarse = _separable_blur(coarse, B3_SPLINE, 2**level)
+        coarse = separable_blur(coarse, B3_SPLINE, 2**level)
     assert torch.allclose(sum(bands) + coarse, image, atol=1e-5)
 
 

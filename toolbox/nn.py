@@ -48,6 +48,36 @@ def pad_spatial(x: torch.Tensor, pads: list[int], mode: str = "reflect") -> torc
     return F.pad(x, pads, mode=mode)
 
 
+def separable_blur(x: torch.Tensor, kernel_1d: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Blur every spatial axis of ``x`` (N, C, *spatial) with a dilated 1D kernel, reflect-padded."""
+    dims = x.ndim - 2
+    channels = x.shape[1]
+    taps = kernel_1d.numel()
+    reach = dilation * (taps // 2)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    for axis in range(dims):
+        shape = [1] * dims
+        shape[axis] = taps
+        weight = kernel_1d.to(x).reshape(1, 1, *shape).repeat(channels, 1, *[1] * dims)
+        pad = [0, 0] * dims
+        pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = reach
+        padded = pad_spatial(x, pad)
+        dilations = [1] * dims
+        dilations[axis] = dilation
+        x = conv(padded, weight, groups=channels, dilation=tuple(dilations))
+    return x
+
+
+# The B3-spline: the a-trous wavelet's smoothing kernel (ADL's pyramid, detail discriminators).
+B3_SPLINE = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+
+
+def fine_detail(x: torch.Tensor) -> torch.Tensor:
+    """The finest a-trous wavelet band of ``x`` (N, C, *spatial): ``x`` minus its B3-spline
+    blur, i.e. what lies above about a quarter of the sampling frequency (texture, noise)."""
+    return x - separable_blur(x, B3_SPLINE, 1)
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect"):
     """Pad the spatial axes of ``x`` (N, C, *spatial) up to a multiple of ``multiple``.
 

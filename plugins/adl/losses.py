@@ -7,31 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from toolbox.nn import pad_spatial
+from toolbox.nn import B3_SPLINE, separable_blur
 
 
 # -- losses ----------------------------------------------------------------------------------
-def _separable_blur(x: torch.Tensor, kernel_1d: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Blur every spatial axis of ``x`` (N, C, *spatial) with a dilated 1D kernel, reflect-padded."""
-    dims = x.ndim - 2
-    channels = x.shape[1]
-    taps = kernel_1d.numel()
-    reach = dilation * (taps // 2)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
-    for axis in range(dims):
-        shape = [1] * dims
-        shape[axis] = taps
-        weight = kernel_1d.to(x).reshape(1, 1, *shape).repeat(channels, 1, *[1] * dims)
-        pad = [0, 0] * dims
-        pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = reach
-        padded = pad_spatial(x, pad)
-        dilations = [1] * dims
-        dilations[axis] = dilation
-        x = conv(padded, weight, groups=channels, dilation=tuple(dilations))
-    return x
-
-
-B3_SPLINE = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 RELEASE_PRE_BLUR = torch.tensor([0.002566, 0.1655, 0.6638, 0.1655, 0.002566])
 
 
@@ -39,10 +18,10 @@ def wavelet_bands(x: torch.Tensor, levels: int, release_compat: bool = False) ->
     """A-trous B3-spline detail bands: w_j = c_(j-1) - c_j, c_j = c_(j-1) blurred at dilation 2^(j-1)."""
     current = x
     if release_compat:
-        current = _separable_blur(x, RELEASE_PRE_BLUR / RELEASE_PRE_BLUR.sum(), 1)
+        current = separable_blur(x, RELEASE_PRE_BLUR / RELEASE_PRE_BLUR.sum(), 1)
     bands = []
     for level in range(levels):
-        blurred = _separable_blur(current, B3_SPLINE, 2**level)
+        blurred = separable_blur(current, B3_SPLINE, 2**level)
         bands.append(current - blurred)
         current = blurred
     return bands
