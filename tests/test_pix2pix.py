@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from toolbox_plugins.pix2pix import PatchGAN, Pix2PixUNet
@@ -74,3 +75,29 @@ def test_patchgan_is_the_70_pixel_basic_discriminator():
     assert 2.7e6 < _count(d) < 2.8e6
     d3 = PatchGAN(spatial_dims=3, in_channels=2, base_filters=4)
     assert d3(torch.rand(1, 2, 32, 32, 32)).shape[:2] == (1, 1)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_detail_discriminator_judges_only_the_finest_band(dims):
+    """`detail`: the discriminator sees the finest wavelet band (scaled): a change in level
+    or a smooth gradient does not reach it, a change in fine texture does."""
+    from toolbox.nn import fine_detail
+
+    torch.manual_seed(0)
+    size = (1, 2) + (32,) * dims
+    texture = torch.randn(size) * 0.01
+    flat = torch.zeros(size)
+    assert fine_detail(flat + 3.0).abs().max() < 1e-6
+    white = fine_detail(texture)
+    assert 0.5 < float(white.pow(2).mean() / texture.pow(2).mean()) < 1.0  # most of white noise is fine
+    smooth = torch.linspace(0, 1, 32).reshape((1, 1) + (1,) * (dims - 1) + (32,)).expand(size)
+    inner = (slice(None), slice(None)) + (slice(4, -4),) * dims
+    assert fine_detail(smooth)[inner].abs().max() < 1e-6  # a linear ramp has no fine detail
+
+    judge = PatchGAN(spatial_dims=dims, in_channels=2, base_filters=4, norm="none", detail=50).eval()
+    with torch.no_grad():
+        seen = judge(texture)
+        torch.testing.assert_close(judge(texture + 3.0), seen, atol=1e-4 * float(seen.abs().max()), rtol=0)
+        assert not torch.allclose(judge(0.3 * texture), seen, atol=0, rtol=0.1)  # blurred: less power
+    with pytest.raises(ValueError, match="detail is a gain"):
+        PatchGAN(spatial_dims=dims, detail=-1)

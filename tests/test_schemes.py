@@ -186,3 +186,22 @@ def test_relativistic_generator_term_learns_from_the_real_images_too(small_ct, p
     assert len(d.seen) == 4 and torch.equal(d.seen[3][:, 1:], batch["target"])
     assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
     assert all(p.requires_grad for p in d.parameters())
+
+
+@pytest.mark.parametrize("best", ["psnr", "last"])
+def test_train_best_picks_the_checkpoint_denoise_uses(small_ct, tmp_path, best):
+    """`train.best: last` makes the last validated step best.pt (texture fine-tuning, where
+    the highest PSNR is the least adversarial step); `psnr` keeps the highest PSNR."""
+    import json
+
+    from conftest import write_recipe
+    from toolbox.cli import main
+
+    recipe = tiny_recipe(small_ct)
+    recipe["train"].update(steps=6, val_every=2, checkpoint_every=2, best=best)
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    scores = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = [(row["step"], row["psnr"]) for row in scores if row.get("split") == "val" and "psnr" in row]
+    kept = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["step"]
+    assert kept == (6 if best == "last" else max(val, key=lambda v: v[1])[0])

@@ -177,6 +177,10 @@ SCHEMA = Section(
                 "lr_schedule": Value((dict,), help="every optimizer's rate over the run: {type: constant | "
                                                    "step (every, factor) | multistep (milestones, factor) | "
                                                    "cosine (min_factor, steps)}, each with warmup"),
+                "best": Value((str,), default="psnr", choices=("psnr", "last"),
+                              help="which validated checkpoint is best.pt (what denoise and evaluate use): "
+                                   "the highest validation PSNR, or the last (texture fine-tuning, where "
+                                   "PSNR prefers the least adversarial step)"),
                 "val_every": Value((int,), default=100),
                 "log_every": Value((int,), default=10),
                 "checkpoint_every": Value((int,), default=100),

@@ -159,7 +159,8 @@ class Training:
             rows = self.validate(limit=self.train_cfg["val_max_images"])
             psnr, ssim = mean(rows, "psnr"), mean(rows, "ssim")
             self.run.log({"step": step, "split": "val", "psnr": psnr, "ssim": ssim})
-            improved = {"val_psnr": psnr, "val_ssim": ssim} if psnr > self.best_psnr else None
+            keep = self.train_cfg["best"] == "last" or psnr > self.best_psnr
+            improved = {"val_psnr": psnr, "val_ssim": ssim} if keep else None
             samples = self.scheme.sample_grid(self.network)
             if samples is not None:
                 write_grid(self.run.path / "figures" / f"samples_step{step:06d}.png", samples.numpy())
