@@ -35,6 +35,11 @@ class ChannelsLast(torch.nn.Module):
         return self.network(x.contiguous(memory_format=layout) if layout else x)
 
 
+def _weights_channels_last(network: torch.nn.Module) -> bool:
+    return any(p.ndim == 5 and p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous()
+               for p in network.parameters())
+
+
 def to_channels_last(network: torch.nn.Module, spatial_dims: int) -> torch.nn.Module:
     """``network`` with its weights in channels-last layout (in place), for inference."""
     layout = {2: torch.channels_last, 3: torch.channels_last_3d}.get(int(spatial_dims))
@@ -84,7 +89,11 @@ def denoise_tensor(
         for n in reversed(short):
             pads.extend([0, n])
         batch = torch.nn.functional.pad(batch, pads, mode="replicate")
-    wrapped = ChannelsLast(FirstOutput(network))
+    wrapped = FirstOutput(network)
+    # 2D windows run faster channels-last whatever the weights' layout; 3D windows only
+    # when the weights are too (else 8 % slower: training's validation keeps them as is).
+    if image.ndim == 3 or _weights_channels_last(network):
+        wrapped = ChannelsLast(wrapped)
     try:
         batch = batch.to(device)
         if autocast_dtype is not None:
