@@ -70,10 +70,12 @@ def cmd_run(args) -> int:
         recipe = load_recipe(args.recipe, args.overrides, registry=_registry(), profile=args.profile)
     if args.nproc > 1:
         return relaunch_with_torchrun(args.nproc, args.argv)
+    completed = False
     try:
         run_dir, report = run_training(recipe, _registry(), args.out, resume=Path(args.resume) if args.resume else None)
+        completed = True
     finally:
-        shutdown()
+        shutdown(completed)
     if report is not None:  # rank 0 (or the only process)
         print(f"Run folder: {run_dir}  (mean PSNR {report['mean']['psnr_noisy']:.2f} -> "
               f"{report['mean']['psnr']:.2f} dB on held-out images)")
@@ -93,14 +95,16 @@ def cmd_denoise(args) -> int:
     from toolbox.distributed import shutdown
 
     model, inputs = _model_and_rest(args.model, args.inputs, args.model_name, "INPUT")
+    completed = False
     try:
         denoise_inputs(model, [Path(p) for p in inputs], Path(args.output), _registry(),
                        overwrite=args.overwrite, series=args.series, device_name=args.device,
                        overlap=args.overlap, sigma=args.sigma, ensemble=args.ensemble,
                        inversion=_yaml_mapping(args.inversion, "--inversion", INVERSION_EXAMPLE),
                        window=args.window, amp=args.amp)
+        completed = True
     finally:
-        shutdown()
+        shutdown(completed)
     return 0
 
 

@@ -61,8 +61,14 @@ def init_distributed(device_name: str) -> tuple[Ranks, torch.device]:
     return ranks, device
 
 
-def shutdown() -> None:
+def shutdown(completed: bool = False) -> None:
+    """Leave the process group.  ``completed``: every rank finished its work, so they first
+    meet at a barrier, and none tears gloo down while another still has a collective in
+    flight (seen as rank 1 aborting at exit, "terminate called without an active
+    exception").  After an error there is no barrier: the other ranks may never reach it."""
     if dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
 
 
