@@ -60,22 +60,19 @@ def denoise_tensor(
     """Denoise one image ``(C, *spatial)`` (normalised) and return it on the CPU.
 
     ``roi_size`` is the training patch; ``window`` picks the sliding windows from it
-    (``toolbox.inference_window.plan_windows``: None grows them to the whole image within a
-    voxel budget, 'patch' keeps the patch with ``overlap`` and ``sw_batch_size``, a tuple
-    is a size)."""
+    (``toolbox.inference_window.plan_windows``: 'patch' keeps it with ``overlap``, None grows
+    it to the whole image within a voxel budget, a tuple is a size); at most
+    ``sw_batch_size`` windows, and no more than the budget holds, go through at once."""
     from monai.inferers import SlidingWindowInferer
 
     from toolbox.inference_window import plan_windows
 
     device = torch.device(device)
     size = tuple(image.shape[1:])
-    if window == "patch":
-        roi_size, overlaps = tuple(roi_size), overlap
-    else:
-        plan = plan_windows(roi_size, size, overlap, window)
-        roi_size, overlaps, sw_batch_size = plan.roi_size, plan.overlap, plan.batch
+    plan = plan_windows(roi_size, size, overlap, window)
+    roi_size = plan.roi_size
     inferer = SlidingWindowInferer(
-        roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlaps,
+        roi_size=roi_size, sw_batch_size=min(sw_batch_size, plan.batch), overlap=plan.overlap,
         mode="gaussian", padding_mode="reflect", sw_device=device, device=torch.device("cpu"),
     )
     was_training = network.training

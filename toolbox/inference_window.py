@@ -4,9 +4,9 @@ By default a model denoises in windows of its training patch (``--window patch``
 exports do.  A fully convolutional network takes larger windows too, with fewer borders to
 compute twice, but whether it denoises them as well depends on the network: measured on
 the shipped models (BENCHMARKS.md, "Inference speed"), a whole 512x512 CT slice in one
-window is 1.7x faster at +0.02 dB and the whole MR volume +0.04 dB, while the X-ray and
+window is 1.9x faster at -0.01 dB and the whole MR volume +0.04 dB, while the X-ray and
 fluorescence U-Nets, whose deepest features span more than their 96x96 training patches,
-lose 0.17 and 0.35 dB on windows larger than those.  So growing the windows
+lose 0.17 and 0.30 dB on windows larger than those.  So growing the windows
 (``--window auto``: the whole image up to a voxel budget, the overlap kept at the patch's
 in voxels) or choosing a size is the user's call, per model.
 """
