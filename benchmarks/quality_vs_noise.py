@@ -3,7 +3,8 @@
 Runs ``toolbox evaluate`` (``toolbox.evaluate``) once per sigma with synthetic
 Gaussian (or ``--noise-type rician``) noise (normalised units, fixed seed) on held-out clean images, and prints one
 Markdown table: mean PSNR / SSIM per method and sigma, and the model's margin over BM3D
-(2D) / BM4D (3D) given the true sigma, against the +1.5 dB target.  A model trained for
+(2D) / BM4D (3D) given the true sigma, and the best model row (plain, x N self-ensemble,
+adapted: ``--ensemble``, ``--adapt``) against the +1.5 dB target.  A model trained for
 one sigma is thus also seen away from it (as the EM paper evaluates).
 
 BM3D / BM4D appear only where installed (see versus_bm3d_bm4d.py: benchmark environment
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the per-sigma reports")
     parser.add_argument("--target", type=float, default=1.5, help="required dB over BM3D/BM4D")
     parser.add_argument("--ensemble", type=int, default=1, help="also score an N-fold self-ensemble")
+    parser.add_argument("--adapt", type=int, default=0, metavar="STEPS",
+                        help="also score the model adapted to each image over STEPS steps (toolbox denoise --adapt)")
     parser.add_argument("--true-sigma", action="store_true",
                         help="also score a noise-conditional model given the true sigma")
     parser.add_argument("--unit", default="8-bit grey levels", help="the unit of the level in brackets")
@@ -44,7 +47,7 @@ def main() -> None:
     for sigma in args.sigmas:
         reports[sigma] = evaluate(Path(args.model), args.data, noise_spec={"type": args.noise_type, "sigma": sigma},
                                   out_dir=Path(args.out) / f"sigma_{sigma}", device_name="cpu", console=quiet,
-                                  ensemble=args.ensemble, true_sigma=args.true_sigma)
+                                  ensemble=args.ensemble, true_sigma=args.true_sigma, adapt=args.adapt)
     methods = list(next(iter(reports.values()))["mean"])
     models = [m for m in methods if m.startswith("model")]
     model = models[0]
@@ -65,7 +68,7 @@ def main() -> None:
             cells.append(f"**{cell}**" if (method == best or method in models) and mean[method]["psnr"] >= mean[best]["psnr"]
                          else cell)
         if reference:
-            margin = mean[model]["psnr"] - mean[reference]["psnr"]
+            margin = max(mean[m]["psnr"] for m in models) - mean[reference]["psnr"]  # the best model row
             cells += [f"{mean[m]['psnr'] - mean[reference]['psnr']:+.2f}" for m in models]
             cells += ["met" if margin >= args.target else f"short by {args.target - margin:.2f} dB"]
         print("| " + " | ".join(cells) + " |")

@@ -24,7 +24,8 @@ Scripts (each uses the installed plugins):
   ``seed_everything``, ``make_loader``, ``run_training``;
 - ``read_volume``, ``write_volume`` (with the registered formats; ``toolbox.io`` has the rest);
 - ``load_model``, ``denoise_with_model``, ``TrainedModel``, ``denoise_options(model,
-  sigma=, ensemble=, window=, amp=)`` (a model set as ``toolbox denoise``'s options set it),
+  sigma=, ensemble=, window=, amp=, adapt=)`` (a model set as ``toolbox denoise``'s options
+  set it; ``adapt``: steps of test-time adaptation to each image, as ``--adapt``),
   ``evaluate``, ``build_cases``,
   ``run_baseline``, ``classical_baseline`` (BM3D / BM4D when installed), ``non_local_means``,
   ``anscombe_baseline`` (BM3D / BM4D for Poisson noise), ``psnr_ssim``, ``write_grid`` and

@@ -101,7 +101,7 @@ def cmd_denoise(args) -> int:
                        overwrite=args.overwrite, series=args.series, device_name=args.device,
                        overlap=args.overlap, sigma=args.sigma, ensemble=args.ensemble,
                        inversion=_yaml_mapping(args.inversion, "--inversion", INVERSION_EXAMPLE),
-                       window=args.window, amp=args.amp)
+                       window=args.window, amp=args.amp, adapt=args.adapt)
         completed = True
     finally:
         shutdown(completed)
@@ -138,11 +138,12 @@ def cmd_evaluate(args) -> int:
             raise ToolboxError("--sweep draws synthetic noise at each level; it does not take --noisy")
         sweep(Path(args.model), args.data, _registry(), args.sweep, noise_spec=noise, out_dir=args.output,
               device_name=args.device, seed=args.seed, ensemble=args.ensemble, true_sigma=args.true_sigma,
-              inversion=inversion, window=args.window, amp=args.amp)
+              inversion=inversion, window=args.window, amp=args.amp, adapt=args.adapt)
         return 0
     evaluate(Path(args.model), args.data, _registry(), noisy_paths=args.noisy, noise_spec=noise,
              out_dir=args.output, device_name=args.device, seed=args.seed, ensemble=args.ensemble,
-             true_sigma=args.true_sigma, inversion=inversion, window=args.window, amp=args.amp)
+             true_sigma=args.true_sigma, inversion=inversion, window=args.window, amp=args.amp,
+             adapt=args.adapt)
     return 0
 
 
@@ -386,6 +387,10 @@ def _add_denoise(sub) -> None:
     denoise.add_argument("--nproc", type=int, default=1, metavar="N",
                          help="N processes, each denoising every N-th input (same as torchrun "
                               "--nproc_per_node N -m toolbox denoise ...)")
+    denoise.add_argument("--adapt", type=int, default=0, metavar="STEPS",
+                         help="first tune the model to each image for STEPS steps (channel gains, SURE; "
+                              "white Gaussian or Rician noise): slower, better on images unlike its "
+                              "training data (e.g. 300 for a 2D model, 100 for 3D)")
     _add_inversion(denoise)
     _add_speed_options(denoise)
     denoise.set_defaults(func=cmd_denoise)
@@ -410,6 +415,8 @@ def _add_evaluate(sub) -> None:
                           help="also score the model with an N-fold self-ensemble (flips/rotations)")
     evaluate.add_argument("--true-sigma", action="store_true",
                           help="also score a noise-conditional model given the true noise SD (default: estimated)")
+    evaluate.add_argument("--adapt", type=int, default=0, metavar="STEPS",
+                          help="also score the model tuned to each image for STEPS steps (toolbox denoise --adapt)")
     _add_inversion(evaluate)
     _add_speed_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)

@@ -14,7 +14,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry,
                    series: str | None = None, device_name: str = "auto",
                    overlap: float | None = None, console=None, sigma: float | None = None,
                    ensemble: int = 1, inversion: dict | None = None, window: str | None = None,
-                   amp: bool = False) -> list[Path]:
+                   amp: bool = False, adapt: int = 0) -> list[Path]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from toolbox.data.volumes import check_output, expand_inputs, formats_of, read_volume, write_volume
@@ -39,7 +39,7 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry,
     barrier()
     mine = rank_slice(list(zip(items, targets)), ranks)
     model = check_options(load_trained_model(model_path, device, registry, inversion), sigma, ensemble,
-                          window=window, amp=amp)
+                          window=window, amp=amp, adapt=adapt)
     overlap = float(model.recipe["train"].get("val_overlap", 0.25)) if overlap is None else overlap
     description = f"denoised {model.name}"
     written, seconds = [], []
@@ -68,7 +68,8 @@ def denoise_inputs(model_path: Path, inputs: list[Path], output: Path, registry,
                 progress.update(task, completed=done, total=total)
 
             started = time.perf_counter()
-            units = denoise_volume(told, volume, device, overlap, report)
+            units = denoise_volume(told, volume, device, overlap, report,
+                                   on_adapted=lambda done, item=item: console.print(f"{item.name}: {done.describe()}"))
             seconds.append(time.perf_counter() - started)
             written.append(write_volume(volume, units, target, description, formats, overwrite))
     finally:

@@ -121,11 +121,12 @@ def run_baseline(method, norm_spec: dict, noisy: np.ndarray, sigma: float) -> np
 def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_spec=None, out_dir=None,
              device_name: str = "auto", seed: int = 12345, console=None, ensemble: int = 1,
              true_sigma: bool = False, inversion: dict | None = None, window: str | None = None,
-             amp: bool = False) -> dict:
+             amp: bool = False, adapt: int = 0) -> dict:
     """The model at ``model_path`` (a run folder or checkpoint) against the classical
     baselines on ``clean_paths``; writes report.json, report.csv and figures.  ``ensemble``
     > 1 adds a row for the model with that test-time self-ensemble; ``true_sigma`` one for a
-    noise-conditional model given the true noise level."""
+    noise-conditional model given the true noise level; ``adapt`` > 0 one for the model
+    adapted to each image over that many steps (``toolbox.adaptation``)."""
     from toolbox.console import make_console
     from toolbox.data.normalize import describe_range
     from toolbox.distributed import pick_device
@@ -134,7 +135,7 @@ def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_sp
     console = console or make_console()
     device = pick_device(device_name)
     model = load_trained_model(model_path, device, registry, inversion)
-    check_options(model, ensemble=ensemble, true_sigma=true_sigma)
+    check_options(model, ensemble=ensemble, true_sigma=true_sigma, adapt=adapt)
     model = check_options(model, window=window, amp=amp)  # every row denoises with these
     if out_dir is None:
         base = Path(model_path) if Path(model_path).is_dir() else Path(".")
@@ -145,7 +146,7 @@ def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_sp
     cases = build_cases(model, clean_paths, registry, noisy_paths, noise_spec, seed)
     rows, figures = [], []
     for case in cases:
-        case_rows, figure = _score_case(model, case, device, out_dir, ensemble, true_sigma)
+        case_rows, figure = _score_case(model, case, device, out_dir, ensemble, true_sigma, adapt)
         rows += case_rows
         figures.append(figure)
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -162,12 +163,14 @@ def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_sp
 
 
 def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
-                true_sigma: bool = False) -> tuple[list[dict], Path]:
+                true_sigma: bool = False, adapt: int = 0) -> tuple[list[dict], Path]:
     """The model (and with a self-ensemble of ``ensemble``, if > 1) and every available
     baseline on one case: a row each, and a figure of noisy | model | best baseline | clean.
     A noise-conditional model is given the level it estimates from the image, as a user's
     would be without --sigma (the baselines get the true level where it is known); with
-    ``true_sigma`` also, in a row of its own, the RMS of noisy - clean."""
+    ``true_sigma`` also, in a row of its own, the RMS of noisy - clean; with ``adapt``, a row
+    for the model adapted to the case first (and one adapted and self-ensembled), each with
+    the adaptation's own estimate and verdict."""
     from toolbox.baselines import anscombe_bm3d_or_bm4d, available_baselines, vst_name
     from toolbox.noise_level import rms_difference
     from toolbox.data.normalize import fit_normalizer
@@ -189,6 +192,12 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
         ensembled = dataclasses.replace(model, ensemble=ensemble)
         methods[f"model x{ensemble} ({model.name})"] = lambda: denoise_with_model(ensembled, case.noisy,
                                                                                case.slice_axis, device)
+    adaptations = {}
+    for count in sorted({1, ensemble}) if adapt else ():  # adapted, and adapted with the self-ensemble
+        adapted = dataclasses.replace(model, adapt=adapt, ensemble=count)
+        name = f"model adapted {adapt}{f' x{count}' if count > 1 else ''} ({model.name})"
+        methods[name] = lambda adapted=adapted, name=name: denoise_with_model(
+            adapted, case.noisy, case.slice_axis, device, on_adapted=lambda done: adaptations.update({name: done}))
     # Super-resolution: the classical methods work at the input's size, then cubic
     # interpolation brings them to the output grid ("identity" is plain interpolation).
     scale = case.clean.shape[-1] // case.noisy.shape[-1]
@@ -211,6 +220,10 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
                      "hf_power": high_frequency_ratio(results[name], case.clean, case.slice_axis),
                      "seconds": round(seconds, 3), "sigma": case.sigma,
                      "sigma_known": case.sigma_known, "data_range": case.data_range})
+        if name in adaptations:  # SURE's estimate of what the tuning gained, and the verdict
+            rows[-1].update(adaptation_estimated_db=round(adaptations[name].estimated_db, 3),
+                            adaptation_kept=adaptations[name].kept,
+                            adaptation_declined=adaptations[name].declined)
     best_baseline = max((n for n in scores if not n.startswith("model") and n != identity), key=lambda n: scores[n][0])
     figure = out_dir / "figures" / f"{case.name.split('.')[0]}.png"
     panels = [("noisy" if scale == 1 else identity, results[identity], scores[identity]),
@@ -242,7 +255,8 @@ def write_reports(out_dir: Path, report: dict, stem: str = "report") -> None:
     atomic_write(out_dir / f"{stem}.json",
                  lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8"))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(report["rows"][0]))
+    fields = list(dict.fromkeys(key for row in report["rows"] for key in row))  # some rows have more
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(report["rows"])
     atomic_write(out_dir / f"{stem}.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))

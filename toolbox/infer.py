@@ -128,6 +128,7 @@ class TrainedModel:
     ensemble: int = 1  # test-time self-ensemble size (toolbox.self_ensemble)
     window: object = "patch"  # sliding windows: 'patch', None = whole image within a budget, or a size
     amp: bool = False  # mixed precision (bf16 on the CPU, fp16 on CUDA): faster, slightly less exact
+    adapt: int = 0  # steps of test-time adaptation to each image (toolbox.adaptation); 0 = none
 
     @property
     def spatial_dims(self) -> int:
@@ -207,18 +208,11 @@ def load_trained_model(model: Path, device: torch.device, registry, inversion: d
 
 
 def _iterate_slices(array: np.ndarray, axis: int, context: int = 1):
-    """Slices along a spatial axis; with ``context`` > 1, each with its neighbours as channels
-    (``context`` slices per channel, edges repeated), as a 2.5D model takes them."""
-    count = array.shape[axis + 1]
-    half = context // 2
-    for index in range(count):
-        if context == 1:
-            yield index, np.take(array, index, axis=axis + 1)
-            continue
-        neighbours = np.clip(np.arange(index - half, index + half + 1), 0, count - 1)
-        stack = np.take(array, neighbours, axis=axis + 1)  # (C, ..k.., ...)
-        stack = np.moveaxis(stack, axis + 1, 1)  # (C, k, a, b)
-        yield index, stack.reshape(-1, *stack.shape[2:])  # slice-major per channel
+    """Every slice along a spatial axis (``toolbox.slicing.slice_with_context``)."""
+    from toolbox.slicing import slice_with_context
+
+    for index in range(array.shape[axis + 1]):
+        yield index, slice_with_context(array, axis, index, context)
 
 
 def denoise_array(generator: torch.nn.Module, model_dims: int, roi_size, image: np.ndarray,
@@ -261,7 +255,8 @@ def denoise_array(generator: torch.nn.Module, model_dims: int, roi_size, image: 
 def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_spec: dict,
                   units: np.ndarray, slice_axis: int | None, device: torch.device, overlap: float = 0.25,
                   progress=None, autocast_dtype=None, context: int = 1, noise_level_map: bool = False,
-                  sigma: float | None = None, ensemble: int = 1, noise_spec=None, window="patch") -> np.ndarray:
+                  sigma: float | None = None, ensemble: int = 1, noise_spec=None, window="patch",
+                  adapt: int = 0, on_adapted=None) -> np.ndarray:
     """Denoise an image ``(C, *spatial)`` given in its own units and return it in those units.
 
     The one path from a noisy image to a denoised one that ``denoise``, ``evaluate`` and
@@ -273,7 +268,11 @@ def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_sp
     ``noise_spec``); ``ensemble`` > 1 averages over flips/rotations.  ``window``: the
     sliding windows (``toolbox.inference_window``: 'patch', None = the whole image within
     a voxel budget, or a size; a generator with ``fixed_input_size`` always gets its patch).
+    ``adapt`` > 0: the generator's channel gains are first tuned to this image for that many
+    steps (``toolbox.adaptation``), then removed again; ``on_adapted`` receives the
+    ``Adaptation`` (what it did).
     """
+    from toolbox.adaptation import cross_fitted
     from toolbox.data.normalize import fit_normalizer
     from toolbox.noise_level import NoiseLevelInput
     from toolbox.self_ensemble import SelfEnsemble
@@ -283,15 +282,27 @@ def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_sp
     network = generator
     if hasattr(network, "in_units_of"):  # a likelihood counting in the image's own units
         network = network.in_units_of(normalizer, units)
-    if noise_level_map:
+    level = None
+    if noise_level_map or adapt:
         level = estimated_sigma(units, noise_spec) if sigma is None else float(sigma)
+    if noise_level_map:
         network = NoiseLevelInput(network, level / normalizer.scale).train(generator.training)
-    if ensemble > 1:
-        network = SelfEnsemble(network, model_dims, ensemble).train(generator.training)
     if getattr(generator, "fixed_input_size", False):
         window = "patch"
-    denoised = denoise_array(network, model_dims, roi_size, normalised, slice_axis, device, overlap,
+
+    def run(tuned: torch.nn.Module) -> np.ndarray:
+        if ensemble > 1:
+            tuned = SelfEnsemble(tuned, model_dims, ensemble).train(generator.training)
+        return denoise_array(tuned, model_dims, roi_size, normalised, slice_axis, device, overlap,
                              progress, autocast_dtype=autocast_dtype, context=context, window=window)
+
+    if adapt:
+        denoised, done = cross_fitted(generator, network, normalised, model_dims, slice_axis, context,
+                                      level / normalizer.scale, adapt, torch.device(device), run)
+        if on_adapted is not None:
+            on_adapted(done)
+    else:
+        denoised = run(network)
     return normalizer.denoised(denoised).astype(np.float32)
 
 
@@ -307,11 +318,15 @@ def check_input(model: TrainedModel, shape) -> None:
 
 
 def check_options(model: TrainedModel, sigma: float | None = None, ensemble: int = 1,
-                  true_sigma: bool = False, window: str | None = None, amp: bool = False) -> TrainedModel:
+                  true_sigma: bool = False, window: str | None = None, amp: bool = False,
+                  adapt: int = 0) -> TrainedModel:
     """``model`` set to denoise at noise level ``sigma`` (image units; a noise-conditional
     model only) with a self-ensemble of ``ensemble``, sliding windows ``window`` (the
-    ``--window`` text) and mixed precision ``amp``, or a one-line error."""
+    ``--window`` text), mixed precision ``amp`` and ``adapt`` steps of test-time adaptation
+    to each image, or a one-line error."""
     import dataclasses
+
+    from toolbox.adaptation import check_adaptable
 
     from toolbox.inference_window import parse_window
     from toolbox.self_ensemble import max_ensemble
@@ -331,24 +346,34 @@ def check_options(model: TrainedModel, sigma: float | None = None, ensemble: int
     largest = max_ensemble(model.spatial_dims)
     if not 1 <= ensemble <= largest:
         raise ToolboxError(f"--ensemble must be 1..{largest} for a {model.spatial_dims}D model, got {ensemble}")
-    return dataclasses.replace(model, sigma=sigma, ensemble=ensemble, window=windows, amp=bool(amp))
+    if not (isinstance(adapt, (int, np.integer)) and 0 <= adapt <= 100_000):
+        raise ToolboxError(f"--adapt must be a number of steps from 0 to 100000, got {adapt}")
+    if adapt:
+        refusal = check_adaptable(model.generator, model.recipe)
+        if refusal:
+            raise ToolboxError(f"{model.checkpoint}: {refusal}; run without --adapt")
+    return dataclasses.replace(model, sigma=sigma, ensemble=ensemble, window=windows, amp=bool(amp),
+                               adapt=int(adapt))
 
 
 def denoise_with_model(model: TrainedModel, units: np.ndarray, slice_axis: int | None,
-                       device: torch.device, overlap: float = 0.25, progress=None) -> np.ndarray:
+                       device: torch.device, overlap: float = 0.25, progress=None,
+                       on_adapted=None) -> np.ndarray:
     """``denoise_units`` with a trained model's settings (after ``check_input``)."""
     check_input(model, units.shape)
     return denoise_units(model.generator, model.spatial_dims, model.roi_size, model.recipe["data"]["normalize"],
                          units, slice_axis, device, overlap, progress, context=model.context,
                          noise_level_map=model.noise_level_map, sigma=model.sigma, ensemble=model.ensemble,
                          noise_spec=model.recipe["data"].get("noise"), window=model.window,
-                         autocast_dtype=amp_dtype(model.amp, device))
+                         autocast_dtype=amp_dtype(model.amp, device), adapt=model.adapt,
+                         on_adapted=on_adapted)
 
 
 
 def denoise_volume(model: TrainedModel, volume, device: torch.device, overlap: float = 0.25,
-                   progress=None) -> np.ndarray:
+                   progress=None, on_adapted=None) -> np.ndarray:
     """Denoise a ``Volume`` (as read from a file) and return the result in the input's units;
     voxels the file marks as padding come back exactly as they were."""
-    units = denoise_with_model(model, volume.image_values(), volume.slice_axis, device, overlap, progress)
+    units = denoise_with_model(model, volume.image_values(), volume.slice_axis, device, overlap, progress,
+                               on_adapted)
     return volume.restore_padding(units)

@@ -49,7 +49,7 @@ def _with(spec: dict, keys: list[str], value) -> dict:
 def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=None, out_dir=None,
           device_name: str = "auto", seed: int = 12345, console=None, ensemble: int = 1,
           true_sigma: bool = False, inversion: dict | None = None, window: str | None = None,
-          amp: bool = False) -> dict:
+          amp: bool = False, adapt: int = 0) -> dict:
     from toolbox.console import make_console
     from toolbox.data.normalize import describe_range
     from toolbox.distributed import pick_device
@@ -60,7 +60,7 @@ def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=N
     keys, values = parse_sweep(sweep_text)
     device = pick_device(device_name)
     model = load_trained_model(model_path, device, registry, inversion)
-    check_options(model, ensemble=ensemble, true_sigma=true_sigma)  # the plain model scores as it is
+    check_options(model, ensemble=ensemble, true_sigma=true_sigma, adapt=adapt)  # the plain model scores as it is
     model = check_options(model, window=window, amp=amp)  # every row denoises with these
     base = noise_spec or model.recipe["data"].get("noise")
     if not base:
@@ -75,7 +75,8 @@ def sweep(model_path: Path, clean_paths, registry, sweep_text: str, noise_spec=N
         spec = _with(base, keys, value)
         cases = build_cases(model, clean_paths, registry, noise_spec=spec, seed=seed)
         for case in cases:
-            case_rows, _ = _score_case(model, case, device, out_dir / f"{name}_{value}", ensemble, true_sigma)
+            case_rows, _ = _score_case(model, case, device, out_dir / f"{name}_{value}", ensemble, true_sigma,
+                                       adapt)
             rows += [{"level": value, **row} for row in case_rows]
         console.print(f"{name} = {value}: {len(cases)} image(s)")
     methods = list(dict.fromkeys(r["method"] for r in rows))
