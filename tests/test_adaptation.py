@@ -209,6 +209,9 @@ def test_denoise_and_evaluate_adapt(tmp_path, capsys):
     report = tmp_path / "eval"
     assert main(["evaluate", "--model", "ct", str(CHEST), "-o", str(report), "--adapt", "20",
                  "--noise", "{type: gaussian, sigma: 0.025}"]) == 0
+    printed = capsys.readouterr().out
+    assert "chest_small.nii.gz, model adapted 20" in printed  # its verdict, in one line
+    assert "SURE estimates" in printed or "not adapted:" in printed
     rows = toolbox_report_rows(report)
     adapted = [r for r in rows if r["method"].startswith("model adapted 20")]
     assert len(adapted) == 1 and adapted[0]["adaptation_kept"] in (0, 1, 2)

@@ -147,6 +147,12 @@ def evaluate(model_path: Path, clean_paths, registry, noisy_paths=None, noise_sp
     rows, figures = [], []
     for case in cases:
         case_rows, figure = _score_case(model, case, device, out_dir, ensemble, true_sigma, adapt)
+        for row in case_rows:
+            if "adaptation_kept" in row:
+                console.print(f"{case.name}, {row['method']}: " + (
+                    f"not adapted: {row['adaptation_declined']}" if row["adaptation_declined"] else
+                    f"SURE estimates {row['adaptation_estimated_db']:+.2f} dB, gains kept on "
+                    f"{row['adaptation_kept']} of 2 halves"))
         rows += case_rows
         figures.append(figure)
     methods = list(dict.fromkeys(r["method"] for r in rows))
