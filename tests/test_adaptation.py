@@ -235,3 +235,10 @@ def test_a_2d_model_adapts_once_to_a_whole_volume():
     out = denoise_with_model(check_options(model, adapt=10), volume, 0, torch.device("cpu"), on_adapted=done.append)
     assert out.shape == volume.shape and len(done) == 1
     assert split_axis(volume.shape[1:], 2, 0) in (1, 2)
+
+
+def test_an_image_too_small_to_halve_is_denoised_as_it_is():
+    model = _pretrained("ct")
+    noisy = (np.random.default_rng(0).normal(0, 50, (1, 12, 10)) - 500).astype(np.float32)
+    plain, adapted, done = _plain_and_adapted(model, noisy, 5)
+    assert "too small" in done.describe() and np.array_equal(adapted, plain)

@@ -59,6 +59,8 @@ SURE_NOISE = ("gaussian", "rician")
 # The largest correlation between neighbouring voxels (1 and 2 apart along any axis) of the
 # pretrained network's residual that still counts as white noise.
 WHITE_CORRELATION = 0.1
+# Each half must be at least this many voxels across along the split axis.
+SMALLEST_HALF = 8
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,6 @@ class ChannelGains:
     by forward hooks while the ``with`` block lasts (the weights are never changed)."""
 
     def __init__(self, network: torch.nn.Module):
-        self.network = network
         self.gains: list[torch.nn.Parameter] = []
         self._hooks = []
         for module in network.modules():
@@ -133,16 +134,10 @@ class ChannelGains:
             return output * gain.view(1, -1, *([1] * (output.ndim - 2)))
         return hook
 
-    def state(self) -> list[torch.Tensor]:
-        return [g.detach().clone() for g in self.gains]
-
-    def load(self, values) -> None:
-        with torch.no_grad():
-            for gain, value in zip(self.gains, values):
-                gain.copy_(value)
-
     def reset(self) -> None:
-        self.load([torch.ones_like(g) for g in self.gains])
+        with torch.no_grad():
+            for gain in self.gains:
+                gain.fill_(1.0)
 
     def __enter__(self) -> "ChannelGains":
         return self
@@ -337,13 +332,17 @@ def cross_fitted(generator: torch.nn.Module, network: torch.nn.Module, image: np
     windows (the generator with its noise-level input).  An image whose noise does not look
     white (``noise_correlation`` of the pretrained network's residual) is denoised as it is."""
     plain = denoise(network)
+    spatial = image.shape[1:]
+    axis = split_axis(spatial, model_dims, slice_axis)
+    if spatial[axis] < 2 * SMALLEST_HALF:
+        return plain, Adaptation(0, 0.0, 0.0, 0, declined=(
+            f"the image is {spatial[axis]} voxels across at most, too small to tune on one half and check on "
+            f"the other (at least {2 * SMALLEST_HALF})"))
     correlation = noise_correlation(image - plain, model_dims, slice_axis)
     if correlation > WHITE_CORRELATION:
         return plain, Adaptation(0, 0.0, 0.0, 0, declined=(
             f"the noise does not look white (neighbouring voxels of the network's residual correlate at "
             f"{correlation:.2f}, white noise <= {WHITE_CORRELATION}); SURE would mislead the tuning"))
-    spatial = image.shape[1:]
-    axis = split_axis(spatial, model_dims, slice_axis)
     result, verdicts = plain, []
     for half in (0, 1):
         tune = WindowSampler(image, model_dims, slice_axis, context, half, seed=half)
