@@ -89,18 +89,10 @@ class Adaptation:
                 f"{verdict}")
 
 
-def noise_types(noise_spec) -> set[str]:
-    """Every noise type in a recipe's noise spec (mixtures included)."""
-    if not isinstance(noise_spec, dict):
-        return {"unknown"}
-    parts = noise_spec.get("of")
-    if parts:
-        return set().union(*(noise_types(part) for part in parts))
-    return {str(noise_spec.get("type", "unknown"))}
-
-
 def check_adaptable(generator: torch.nn.Module, recipe: dict) -> str | None:
     """Why ``--adapt`` cannot tune this model, or None when it can."""
+    from toolbox.noise_estimation import noise_types
+
     other = noise_types(recipe["data"].get("noise")) - set(SURE_NOISE)
     if other:
         return (f"test-time adaptation estimates the error with SURE, which needs white Gaussian (or Rician) "

@@ -153,13 +153,19 @@ def estimate_rician(image: np.ndarray, background_percent: float = 10.0) -> Nois
     return NoiseEstimate("rician", sigma=float(sigma))
 
 
+def noise_types(noise_spec) -> set[str]:
+    """Every noise type in a recipe's noise spec, mixtures opened ("unknown" when none)."""
+    if not isinstance(noise_spec, dict):
+        return {"unknown"}
+    parts = noise_spec.get("of")
+    if parts:
+        return set().union(*(noise_types(part) for part in parts))
+    return {str(noise_spec.get("type", "unknown"))}
+
+
 def trained_on_rician(noise_spec) -> bool:
     """Whether a recipe's noise (possibly a mixture) includes Rician (magnitude MR) noise."""
-    if not isinstance(noise_spec, dict):
-        return False
-    if noise_spec.get("type") == "rician":
-        return True
-    return any(trained_on_rician(part) for part in noise_spec.get("of") or [])
+    return "rician" in noise_types(noise_spec)
 
 
 def estimated_sigma(units: np.ndarray, noise_spec=None) -> float:
