@@ -6,6 +6,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import SAMPLES, tiny_recipe, write_recipe
@@ -112,6 +113,42 @@ def test_the_anscombe_baseline_inverts_the_transform_without_bias():
         mean_of = lambda stabilised, sigma: np.full_like(stabilised, stabilised.mean())  # noqa: E731
         recovered = anscombe_bm3d_or_bm4d(counts / peak, peak, read, denoise=mean_of)
         assert abs(float(recovered.mean()) - level) < 0.03 * level, (photons, read, float(recovered.mean()))
+
+
+def test_the_rician_inverse_removes_the_bias_of_the_magnitude_mean():
+    """What BM3D / BM4D + Rician inverse relies on: the mean of Rician magnitudes (what a
+    perfect smoother returns on a flat region) maps back to the amplitude, from no signal
+    (where the plain mean sits at 1.25 sigma) to far above the noise."""
+    from toolbox.baselines import rician_amplitude, rician_bm3d_or_bm4d, rician_mean
+
+    assert rician_mean(np.array([0.0]))[0] == pytest.approx(np.sqrt(np.pi / 2))
+    assert rician_mean(np.array([60.0]))[0] == pytest.approx(60.0 + 1 / 120, rel=1e-6)  # A + sigma^2 / 2A
+    amplitudes = np.array([0.0, 0.5, 1.0, 2.0, 5.0, 39.0, 41.0, 200.0])
+    np.testing.assert_allclose(rician_amplitude(rician_mean(amplitudes)), amplitudes, atol=2e-3, rtol=1e-4)
+    rng = np.random.default_rng(0)
+    sigma = 0.05
+    for level in (0.0, 0.02, 0.05, 0.2, 1.0):
+        magnitude = np.hypot(level + rng.normal(0, sigma, (1, 256, 256)), rng.normal(0, sigma, (1, 256, 256)))
+        mean_of = lambda image, sd: np.full_like(image, image.mean())  # noqa: E731
+        recovered = float(rician_bm3d_or_bm4d(magnitude, sigma, denoise=mean_of).mean())
+        # Near no signal the inverse is steep (E[M] is flat in A there): a 0.2 % error in the
+        # mean is 0.1 sigma in A.  The plain mean is off by 1.25 sigma at level 0.
+        assert abs(recovered - level) < 0.1 * sigma + 0.01 * level, (level, recovered, float(magnitude.mean()))
+
+
+def test_rician_noise_of_one_level_is_known_to_the_baselines(tmp_path, small_ct):
+    from toolbox.evaluation import _true_sigma
+
+    assert _true_sigma({"type": "rician", "sigma": 0.05}) == 0.05
+    assert _true_sigma({"type": "rician", "sigma": [0.01, 0.1]}) is None
+    assert _true_sigma({"type": "poisson", "peak": 10}) is None
+    # Through evaluate: the baselines are given the true SD (window normaliser: 2000 HU per unit).
+    recipe = tiny_recipe(small_ct)
+    assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(tmp_path / "run")]) == 0
+    assert main(["evaluate", str(tmp_path / "run"), str(small_ct / "val"), "--noise", "{type: rician, sigma: 0.05}",
+                 "-o", str(tmp_path / "eval")]) == 0
+    rows = json.loads((tmp_path / "eval" / "report.json").read_text())["rows"]
+    assert all(row["sigma_known"] and row["sigma"] == pytest.approx(100.0) for row in rows)
 
 
 def test_photon_noise_models_state_their_photon_count_only_when_fixed():

@@ -36,10 +36,12 @@ class Case:
     data_range: float
     photons: tuple[float, float] | None = None  # known Poisson(-Gaussian) noise: (peak, read SD)
     reference: object = None  # the normaliser the synthetic noise was added in
+    rician: bool = False  # the noise is Rician of known SD (``sigma``)
 
 
 def _true_sigma(noise_spec: dict | None):
-    if noise_spec and noise_spec.get("type") in ("gaussian", "awgn"):
+    """The noise SD (normalised units) of Gaussian or Rician noise of one level, else None."""
+    if noise_spec and noise_spec.get("type") in ("gaussian", "awgn", "rician"):
         sigma = noise_spec.get("sigma", 0.1)
         if not isinstance(sigma, (list, tuple)):
             return float(sigma)
@@ -101,7 +103,7 @@ def build_cases(model, clean_paths, registry, noisy_paths=None, noise_spec=None,
             sigma = known * reference.scale if known is not None else estimate_noise_sigma(noisy)
         cases.append(Case(volume.name, clean, noisy, sigma, sigma_known, slice_axis,
                           data_range(norm_spec, clean), photons,
-                          reference))
+                          reference, rician=sigma_known and noise_spec.get("type") == "rician"))
     return cases
 
 
@@ -177,7 +179,7 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
     ``true_sigma`` also, in a row of its own, the RMS of noisy - clean; with ``adapt``, a row
     for the model adapted to the case first (and one adapted and self-ensembled), each with
     the adaptation's own estimate and verdict."""
-    from toolbox.baselines import anscombe_bm3d_or_bm4d, available_baselines, vst_name
+    from toolbox.baselines import anscombe_bm3d_or_bm4d, available_baselines, optional_name, rician_bm3d_or_bm4d
     from toolbox.noise_level import rms_difference
     from toolbox.data.normalize import fit_normalizer
     from toolbox.figures import write_figure
@@ -212,7 +214,9 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
     for name, method in available_baselines(dims).items():
         name = identity if name == "identity (noisy)" else name + then
         methods[name] = lambda method=method: run_baseline(method, norm, case.noisy, case.sigma)
-    vst = vst_name(dims)
+    vst, rician = optional_name(dims, "Anscombe"), optional_name(dims, "Rician inverse")
+    if rician and case.rician:  # given the true SD, its Rician bias removed
+        methods[rician + then] = lambda: run_baseline(rician_bm3d_or_bm4d, norm, case.noisy, case.sigma)
     if vst and case.photons:  # given the true photon count and read noise, in the units they were added in
         methods[vst + then] = lambda: case.reference.denoised(
             anscombe_bm3d_or_bm4d(case.reference.forward(case.noisy), *case.photons)).astype(np.float32)
