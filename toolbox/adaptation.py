@@ -157,10 +157,12 @@ def sure_map(network: torch.nn.Module, window: torch.Tensor, sigma: float, probe
     """``sure``'s terms voxel by voxel (their mean is SURE), for its standard error."""
     v = float(sigma) ** 2
     epsilon = max(float(sigma), 1e-4) * 1e-2
-    denoised = first_output(network(window))
     shifted = window.clone()
     shifted[:, target] = shifted[:, target] + epsilon * probe
-    moved = first_output(network(shifted))
+    # One batch of two rather than two calls: in 3D a batch of one takes PyTorch's slow
+    # native convolutions for thin layers (oneDNN only from batch 2), 2.4x slower per step.
+    both = first_output(network(torch.cat([window, shifted])))
+    denoised, moved = both[:len(window)], both[len(window):]
     divergence = probe * (moved - denoised) / epsilon
     residual = window[:, target] - denoised
     return residual ** 2 - v + 2 * v * divergence
