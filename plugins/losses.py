@@ -51,9 +51,10 @@ class SpectrumLoss(torch.nn.Module):
     ``toolbox.texture`` does (Fourier-space losses for perceptual super-resolution: Fuoli et
     al. 2021; focal frequency loss: Jiang et al. 2021): each patch, mean-subtracted and
     Hann-windowed so that its borders are not counted as edges, is Fourier-transformed over
-    its spatial axes (all after batch and channel, or the last ``spatial_dims``); the power is averaged within ``bands`` equal rings of radial
-    frequency from ``low`` to 0.5 cycles/voxel, and the log ratio of the output's to the
-    target's is averaged over bands, channels and patches.  It compares amounts of power,
+    its spatial axes (all after batch and channel, or the last ``spatial_dims``); the power
+    is averaged within ``bands`` equal rings of radial frequency from ``low`` to 0.5
+    cycles/voxel, and the log ratio of the output's to the target's is averaged over bands,
+    channels and patches.  It compares amounts of power,
     not phases, so it asks for the right amount of detail, not for the target's own noise
     pixel by pixel: pair it with a pixel loss, which decides where the detail goes.  ``eps``
     (power in the normalised units squared) is the level below which a band counts as empty,

@@ -215,8 +215,9 @@ def _score_case(model, case: Case, device, out_dir: Path, ensemble: int = 1,
         name = identity if name == "identity (noisy)" else name + then
         methods[name] = lambda method=method: run_baseline(method, norm, case.noisy, case.sigma)
     vst, rician = optional_name(dims, "Anscombe"), optional_name(dims, "Rician inverse")
-    if rician and case.rician:  # given the true SD, its Rician bias removed
-        methods[rician + then] = lambda: run_baseline(rician_bm3d_or_bm4d, norm, case.noisy, case.sigma)
+    if rician and case.rician:  # in the units the noise was added in, where 0 is the magnitude's 0
+        methods[rician + then] = lambda: case.reference.denoised(rician_bm3d_or_bm4d(
+            case.reference.forward(case.noisy), case.sigma / case.reference.scale)).astype(np.float32)
     if vst and case.photons:  # given the true photon count and read noise, in the units they were added in
         methods[vst + then] = lambda: case.reference.denoised(
             anscombe_bm3d_or_bm4d(case.reference.forward(case.noisy), *case.photons)).astype(np.float32)
