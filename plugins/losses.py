@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -106,7 +108,7 @@ class SpectrumLoss(torch.nn.Module):
         # (B, C, n1..nk, t1..tk) -> (B, n1..nk, C, t1..tk) -> (B * n, C, t1..tk)
         batch, channels, counts = image.shape[0], image.shape[1], image.shape[2:2 + spatial]
         order = (0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial))
-        return image.permute(order).reshape(batch * int(torch.tensor(counts).prod()), channels, *image.shape[2 + spatial:])
+        return image.permute(order).reshape(batch * math.prod(counts), channels, *image.shape[2 + spatial:])
 
     def check_patch(self, patch) -> None:
         """A tile larger than the training patch cannot be measured (called when a recipe is built)."""
