@@ -1,4 +1,4 @@
-"""General losses: pixel losses, SSIM (MONAI) and the adversarial criteria."""
+"""General losses: pixel losses, SSIM (MONAI), the power-spectrum (texture) loss and the adversarial criteria."""
 
 from __future__ import annotations
 
