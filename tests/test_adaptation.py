@@ -242,3 +242,32 @@ def test_an_image_too_small_to_halve_is_denoised_as_it_is():
     noisy = (np.random.default_rng(0).normal(0, 50, (1, 12, 10)) - 500).astype(np.float32)
     plain, adapted, done = _plain_and_adapted(model, noisy, 5)
     assert "too small" in done.describe() and np.array_equal(adapted, plain)
+
+
+def test_one_progress_count_runs_over_every_pass_and_tuning_step():
+    # The bar a user watches: it counts the plain pass, each half's tuning steps and its
+    # tuned pass as one total (3 passes of W windows + 2 x steps), never restarting.
+    model = _pretrained("ct")
+    _, noisy = _chest_pair(50.0)
+    seen = []
+    denoise_with_model(check_options(model, adapt=10), noisy, None, torch.device("cpu"),
+                       progress=lambda done, total: seen.append((done, total)))
+    totals = {total for _, total in seen}
+    counts = [done for done, _ in seen]
+    assert len(totals) == 1 and counts == sorted(counts) and seen[-1][0] == seen[-1][1]
+    total = totals.pop()
+    windows = (total - 20) // 3
+    assert windows >= 1 and total == 3 * windows + 20
+    # each half's 10 tuning steps were shown, one by one, after the plain pass
+    for half in (0, 1):
+        start = windows + half * (10 + windows)
+        assert all(start + step in counts for step in range(1, 11))
+
+
+def test_a_declined_adaptation_still_ends_its_progress():
+    model = _pretrained("ct")
+    noisy = (np.random.default_rng(0).normal(0, 50, (1, 12, 10)) - 500).astype(np.float32)
+    seen = []
+    denoise_with_model(check_options(model, adapt=5), noisy, None, torch.device("cpu"),
+                       progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1] and [d for d, _ in seen] == sorted(d for d, _ in seen)

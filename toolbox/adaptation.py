@@ -242,11 +242,12 @@ class WindowSampler:
 
 def adapt_gains(network: torch.nn.Module, gains: ChannelGains, tune: WindowSampler, check: WindowSampler,
                 sigma: float, steps: int, device: torch.device, seed: int = 0,
-                learning_rate: float = LEARNING_RATE) -> Adaptation:
+                learning_rate: float = LEARNING_RATE, on_step=None) -> Adaptation:
     """Tune ``gains`` (attached to the convolutions inside ``network``) for ``steps`` steps
     on windows from ``tune`` (noise SD ``sigma``, normalised units), then keep them only if
     SURE over fixed windows from ``check`` (voxels whose noise they never saw) says they
-    help by more than its own uncertainty; else they are reset to 1."""
+    help by more than its own uncertainty; else they are reset to 1.  ``on_step(n)`` is
+    told after each step how many are done."""
     probes = torch.Generator().manual_seed(seed)
 
     def probe_like(window):
@@ -277,12 +278,14 @@ def adapt_gains(network: torch.nn.Module, gains: ChannelGains, tune: WindowSampl
     try:
         before = check_blocks()
         optimiser = torch.optim.Adam(gains.gains, lr=learning_rate)
-        for _ in range(steps):
+        for step in range(steps):
             window = tune().to(device)
             loss = sure(network, window, sigma, probe_like(window), tune.target)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if on_step is not None:
+                on_step(step + 1)
         after = check_blocks()
         change = after - before
         error = float(change.std()) / max(1, change.numel() - 1) ** 0.5
@@ -317,23 +320,65 @@ def noise_correlation(residual: np.ndarray, model_dims: int, slice_axis: int | N
     return largest
 
 
+class StagedProgress:
+    """One count over ``cross_fitted``'s stages, reported as ``report(done, total)`` like a
+    plain pass's windows: the plain pass, then per half its tuning steps and the pass with
+    the tuned gains (W windows per pass, known once the first pass reports; S steps per
+    half: 3 W + 2 S in all).  A stage that does not run (a half whose gains were not kept,
+    a declined image) is counted as done, so the bar never restarts or goes back."""
+
+    def __init__(self, report, steps: int):
+        self.report, self.steps = report, steps
+        self.windows, self.done_before = 1, 0  # per pass; units of finished stages
+
+    @property
+    def total(self) -> int:
+        return 3 * self.windows + 2 * self.steps
+
+    def windows_done(self, done: int, total: int) -> None:
+        """A pass's own progress (``denoise_array``'s callback)."""
+        self.windows = max(1, total)
+        self._show(self.done_before + done)
+
+    def steps_done(self, done: int) -> None:
+        self._show(self.done_before + done)
+
+    def finish(self, units: int) -> None:
+        self.done_before += units
+        self._show(self.done_before)
+
+    def complete(self) -> None:
+        self.done_before = self.total
+        self._show(self.total)
+
+    def _show(self, done: int) -> None:
+        if self.report is not None:
+            self.report(min(done, self.total), self.total)
+
+
 def cross_fitted(generator: torch.nn.Module, network: torch.nn.Module, image: np.ndarray, model_dims: int,
                  slice_axis: int | None, context: int, sigma: float, steps: int, device: torch.device,
-                 denoise) -> tuple[np.ndarray, Adaptation]:
-    """``denoise(network)`` of the normalised ``image`` with gains tuned to it, cross-fitted:
-    gains tuned on one half denoise the other half, so that no voxel is denoised by gains
-    that saw its noise.  ``generator`` holds the convolutions; ``network`` is what takes
-    windows (the generator with its noise-level input).  An image whose noise does not look
-    white (``noise_correlation`` of the pretrained network's residual) is denoised as it is."""
-    plain = denoise(network)
+                 denoise, progress=None) -> tuple[np.ndarray, Adaptation]:
+    """``denoise(network, report)`` of the normalised ``image`` with gains tuned to it,
+    cross-fitted: gains tuned on one half denoise the other half, so that no voxel is
+    denoised by gains that saw its noise.  ``generator`` holds the convolutions; ``network``
+    is what takes windows (the generator with its noise-level input).  An image whose noise
+    does not look white (``noise_correlation`` of the pretrained network's residual) is
+    denoised as it is.  ``progress(done, total)`` follows every pass and tuning step as one
+    count (``StagedProgress``); ``denoise`` passes ``report`` on to its windows."""
+    stages = StagedProgress(progress, steps)
+    plain = denoise(network, stages.windows_done)
+    stages.finish(stages.windows)
     spatial = image.shape[1:]
     axis = split_axis(spatial, model_dims, slice_axis)
     if spatial[axis] < 2 * SMALLEST_HALF:
+        stages.complete()
         return plain, Adaptation(0, 0.0, 0.0, 0, declined=(
             f"the image is {spatial[axis]} voxels across at most, too small to tune on one half and check on "
             f"the other (at least {2 * SMALLEST_HALF})"))
     correlation = noise_correlation(image - plain, model_dims, slice_axis)
     if correlation > WHITE_CORRELATION:
+        stages.complete()
         return plain, Adaptation(0, 0.0, 0.0, 0, declined=(
             f"the noise does not look white (neighbouring voxels of the network's residual correlate at "
             f"{correlation:.2f}, white noise <= {WHITE_CORRELATION}); SURE would mislead the tuning"))
@@ -342,10 +387,14 @@ def cross_fitted(generator: torch.nn.Module, network: torch.nn.Module, image: np
         tune = WindowSampler(image, model_dims, slice_axis, context, half, seed=half)
         check = WindowSampler(image, model_dims, slice_axis, context, 1 - half, seed=2 + half)
         with ChannelGains(generator) as gains:
-            verdict = adapt_gains(network, gains, tune, check, sigma, steps, device, seed=half)
+            verdict = adapt_gains(network, gains, tune, check, sigma, steps, device, seed=half,
+                                  on_step=stages.steps_done)
+            stages.finish(steps)
             if verdict.kept:  # gains back at 1 give the plain output, already at hand
-                result = np.where(half_mask(spatial, axis, 1 - half), denoise(network), result)
+                result = np.where(half_mask(spatial, axis, 1 - half), denoise(network, stages.windows_done), result)
+            stages.finish(stages.windows)
         verdicts.append(verdict)
+    stages.complete()
     before = float(np.mean([v.risk_before for v in verdicts]))
     after = float(np.mean([v.risk_after if v.kept else v.risk_before for v in verdicts]))
     return result, Adaptation(steps, before, after, sum(v.kept for v in verdicts))

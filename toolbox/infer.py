@@ -290,15 +290,15 @@ def denoise_units(generator: torch.nn.Module, model_dims: int, roi_size, norm_sp
     if getattr(generator, "fixed_input_size", False):
         window = "patch"
 
-    def run(tuned: torch.nn.Module) -> np.ndarray:
+    def run(tuned: torch.nn.Module, report=progress) -> np.ndarray:
         if ensemble > 1:
             tuned = SelfEnsemble(tuned, model_dims, ensemble).train(generator.training)
         return denoise_array(tuned, model_dims, roi_size, normalised, slice_axis, device, overlap,
-                             progress, autocast_dtype=autocast_dtype, context=context, window=window)
+                             report, autocast_dtype=autocast_dtype, context=context, window=window)
 
-    if adapt:
+    if adapt:  # one progress count over its passes and tuning steps
         denoised, done = cross_fitted(generator, network, normalised, model_dims, slice_axis, context,
-                                      level / normalizer.scale, adapt, torch.device(device), run)
+                                      level / normalizer.scale, adapt, torch.device(device), run, progress)
         if on_adapted is not None:
             on_adapted(done)
     else:
