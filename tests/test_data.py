@@ -129,6 +129,37 @@ def test_build_data_from_a_recipe(small_ct):
     assert sample["input"].shape == (1, 32, 32)
 
 
+def test_a_training_source_normalised_its_own_way(small_ct):
+    """A radiograph among CT slices: its 16-bit values percentile-normalised to the CT's
+    0..1 footing, not put through the HU window (which would make them 3..17)."""
+    chest = SAMPLES / "xray" / "train" / "chest.tif"
+    recipe = tiny_recipe(small_ct)
+    recipe["data"]["train"] = [str(small_ct / "train"),
+                               {"images": str(chest), "normalize": {"type": "percentile", "low": 0.5, "high": 99.5}}]
+    clean = build_data(validate(recipe, "test").data).train.clean
+    assert len(clean) == 3
+    for slice_hu in clean[:2]:  # the CT crops, through the window
+        assert -0.05 < float(slice_hu.min()) and float(slice_hu.max()) < 2.1
+    radiograph = clean[2]
+    raw = tifffile.imread(chest).astype(np.float32)[None]
+    expected = fit_normalizer({"type": "percentile", "low": 0.5, "high": 99.5}, raw).forward(raw)
+    assert np.allclose(np.sort(radiograph.ravel()), np.sort(expected.ravel()), atol=1e-5)
+    assert -0.1 < float(np.percentile(radiograph, 0.5)) < 0.1 and 0.9 < float(np.percentile(radiograph, 99.5)) < 1.1
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"images": "x", "normalise": {}}, r"data.train\[1\].normalise': unknown key 'normalise'. Did you mean 'normalize'"),
+    ({"images": "x", "normalize": {"type": "window"}}, r"data.train\[1\].normalize': a window needs low and high"),
+    ({"normalize": {"type": "minmax"}}, r"data.train\[1\].images': is required"),
+    (3, r"data.train\[1\]': expected a path or \{images"),
+])
+def test_a_wrong_training_source_is_one_clear_error(small_ct, entry, message):
+    recipe = tiny_recipe(small_ct)
+    recipe["data"]["train"] = [str(small_ct / "train"), entry]
+    with pytest.raises(toolbox.RecipeError, match=message):
+        validate(recipe, "test")
+
+
 def test_paired_folders_match_by_name(tmp_path, small_ct):
     noisy, clean = tmp_path / "noisy", tmp_path / "clean"
     noisy.mkdir(), clean.mkdir()

@@ -43,6 +43,29 @@ def test_poisson_gaussian_gain_and_read_noise_within_ten_percent():
     assert found.read_sd == pytest.approx(read_sd, rel=0.10)
 
 
+def test_a_photon_noise_model_is_told_the_rms_of_its_noise():
+    """The level a noise-conditional model trained on photon noise gets when the user does
+    not say: the RMS of the noise over the image (what training measured on its patches),
+    not the typical pixel's SD that the wavelet MAD reads where dark regions are quiet."""
+    from toolbox.noise_estimation import estimated_sigma, level_noise_spec
+
+    rng = np.random.default_rng(4)
+    clean = _scene((384, 384))
+    spec = {"type": "poisson_gaussian", "peak": [20, 2000], "sigma": [0.002, 0.02]}
+    for peak in (30.0, 300.0):
+        noisy = rng.poisson(clean * peak) / peak + rng.normal(0, 0.005, clean.shape)
+        rms = float(np.sqrt(np.mean((noisy - clean) ** 2)))
+        mad = float(estimate_gaussian(noisy[None]).sigma)
+        assert mad < 0.93 * rms  # what the photon estimate is there for
+        assert estimated_sigma(noisy[None], spec) == pytest.approx(rms, rel=0.05)
+        # Other noise models keep the Gaussian estimate, and so does a model whose training
+        # levels added its references' own noise as the MAD reads it (reference_noise).
+        assert estimated_sigma(noisy[None], {"type": "gaussian", "sigma": 0.1}) == pytest.approx(mad)
+        told = level_noise_spec({"noise": spec, "reference_noise": True})
+        assert estimated_sigma(noisy[None], told) == pytest.approx(mad)
+        assert level_noise_spec({"noise": spec, "reference_noise": False}) == spec
+
+
 def test_rician_sigma_from_the_background_within_ten_percent():
     rng = np.random.default_rng(2)
     z, y, x = np.mgrid[:64, :96, :96]

@@ -18,6 +18,7 @@ def build_exportable(model) -> tuple[ExportableNetwork, ExportInfo]:
     """A loaded ``TrainedModel`` as the network an export runs, and what it takes."""
     from toolbox.meta import __version__
     from toolbox.parts import input_channels
+    from toolbox.noise_estimation import level_noise_spec
 
     recipe, data = model.recipe, model.recipe["data"]
     core = FirstOutput(model.generator).eval()
@@ -28,7 +29,7 @@ def build_exportable(model) -> tuple[ExportableNetwork, ExportInfo]:
                       scale=model.scale, noise_level_map=model.noise_level_map, multiple=multiple,
                       normalize=dict(data.get("normalize") or {}), patch_size=list(data["patch_size"]),
                       toolbox_version=__version__, name=str(recipe.get("name") or "model"),
-                      noise=data.get("noise"), card=_card(model.checkpoint),
+                      noise=level_noise_spec(data), card=_card(model.checkpoint),
                       overlap=float((recipe.get("train") or {}).get("val_overlap", 0.25)))
     return network, info
 

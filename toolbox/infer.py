@@ -115,7 +115,7 @@ import numpy as np  # noqa: E402
 from toolbox.errors import ToolboxError  # noqa: E402
 from toolbox.parts import amp_dtype  # noqa: E402
 # The noise-level estimate models are given; it lives with the estimators.
-from toolbox.noise_estimation import estimated_sigma, trained_on_rician  # noqa: E402,F401
+from toolbox.noise_estimation import estimated_sigma, level_noise_spec, trained_on_rician  # noqa: E402,F401
 
 
 @dataclass
@@ -364,7 +364,7 @@ def denoise_with_model(model: TrainedModel, units: np.ndarray, slice_axis: int |
     return denoise_units(model.generator, model.spatial_dims, model.roi_size, model.recipe["data"]["normalize"],
                          units, slice_axis, device, overlap, progress, context=model.context,
                          noise_level_map=model.noise_level_map, sigma=model.sigma, ensemble=model.ensemble,
-                         noise_spec=model.recipe["data"].get("noise"), window=model.window,
+                         noise_spec=level_noise_spec(model.recipe["data"]), window=model.window,
                          autocast_dtype=amp_dtype(model.amp, device), adapt=model.adapt,
                          on_adapted=on_adapted)
 

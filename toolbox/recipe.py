@@ -75,6 +75,24 @@ class Section:
 PATHS = (str, list)
 NUMBER = (int, float)
 
+NORMALIZE = Section(
+    {
+        "type": Value((str,), default="percentile", choices=("window", "percentile", "scale", "minmax", "none")),
+        "low": Value(NUMBER),
+        "high": Value(NUMBER),
+        "floor": Value(NUMBER, help="the images' lowest value in their own units (0 for magnitude MR, photon "
+                                    "counts): denoised values below it are raised to it"),
+    },
+)
+# A ``data.train`` entry from another source than the rest, normalised its own way (a
+# radiograph among CT slices): its images in their units, mapped to the same 0..1 footing.
+TRAIN_SOURCE = Section(
+    {
+        "images": Value(PATHS, required=True, help="folder(s) or file(s)"),
+        "normalize": NORMALIZE,
+    },
+)
+
 SCHEMA = Section(
     {
         "name": Value((str,), help="a short name for the run folder"),
@@ -83,7 +101,8 @@ SCHEMA = Section(
         "profiles": Value((dict,), help="named sets of KEY.PATH: VALUE overrides (--profile)"),
         "data": Section(
             {
-                "train": Value(PATHS, help="clean training images: folder(s) or file(s)"),
+                "train": Value(PATHS, help="clean training images: folder(s) or file(s); an entry "
+                                           "{images: PATHS, normalize: {...}} is normalised its own way"),
                 "val": Value(PATHS, help="held-out clean images for validation"),
                 "paired": Section(
                     {
@@ -98,17 +117,7 @@ SCHEMA = Section(
                 "channels": Value((int,), default=1),
                 "context_slices": Value((int,), default=1,
                                         help="2.5D: odd number of adjacent slices as channels"),
-                "normalize": Section(
-                    {
-                        "type": Value((str,), default="percentile",
-                                      choices=("window", "percentile", "scale", "minmax", "none")),
-                        "low": Value(NUMBER),
-                        "high": Value(NUMBER),
-                        "floor": Value(NUMBER, help="the images' lowest value in their own units (0 for "
-                                                     "magnitude MR, photon counts): denoised values below it "
-                                                     "are raised to it"),
-                    },
-                ),
+                "normalize": NORMALIZE,
                 "patch_size": Value((list,), required=True, help="the generator's input patch"),
                 "scale": Value((int,), default=1, choices=(1, 2, 4),
                                help="super-resolution: the output has scale x the input's size along every "
@@ -299,6 +308,37 @@ def _resolve_paths(value, base: Path):
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+def _train_sources(value, source: str, base: Path):
+    """``data.train`` with its paths resolved; ``{images, normalize}`` entries validated."""
+    if not isinstance(value, list):
+        return _resolve_paths(value, base)
+    entries = []
+    for index, entry in enumerate(value):
+        where = f"data.train[{index}]"
+        if isinstance(entry, dict):
+            entry = _validate(entry, TRAIN_SOURCE, source, where)
+            _check_normalize(entry["normalize"], source, f"{where}.normalize")
+            entry["images"] = _resolve_paths(entry["images"], base)
+        elif not isinstance(entry, str):
+            raise RecipeError(f"expected a path or {{images: PATHS, normalize: {{...}}}}, got {entry!r}",
+                              source, where)
+        else:
+            entry = _resolve_paths(entry, base)
+        entries.append(entry)
+    return entries
+
+
+def train_sources(data: dict) -> list[tuple[object, dict]]:
+    """``(paths, normalize spec)`` for each entry of a validated recipe's ``data.train``:
+    its own spec for an ``{images, normalize}`` entry, ``data.normalize`` for the rest."""
+    value = data.get("train")
+    if value is None:
+        return []
+    entries = value if isinstance(value, list) else [value]
+    return [(entry["images"], entry["normalize"]) if isinstance(entry, dict) else (entry, data["normalize"])
+            for entry in entries]
+
+
 # -- public ----------------------------------------------------------------------------------
 @dataclass
 class Recipe:
@@ -362,8 +402,8 @@ def validate(raw: dict, source: str, base: Path | None = None, registry=None) ->
     data = _validate(raw, SCHEMA, source, "")
     base = base or Path.cwd()
     section = data["data"]
-    for key in ("train", "val"):
-        section[key] = _resolve_paths(section.get(key), base)
+    section["train"] = _train_sources(section.get("train"), source, base)
+    section["val"] = _resolve_paths(section.get("val"), base)
     if section.get("paired"):
         section["paired"] = {k: _resolve_paths(v, base) for k, v in section["paired"].items()}
     _check_data(section, source)
@@ -421,16 +461,23 @@ def _check_data(section: dict, source: str) -> None:
     if section["noise_level_map"] and section["frame_pairs"]:
         raise RecipeError("the noise level is measured against clean images; frame pairs have none",
                           source, "data.noise_level_map")
-    norm = section["normalize"]
+    _check_normalize(section["normalize"], source, "data.normalize")
+    own = [index for index, entry in enumerate(section["train"] if isinstance(section["train"], list) else [])
+           if isinstance(entry, dict)]
+    if own and (section["frame_pairs"] or (section.get("paired") or {}).get("train_noisy")):
+        raise RecipeError("an entry normalised its own way is for clean training images with a noise model; "
+                          "frame pairs and paired data use data.normalize", source, f"data.train[{own[0]}]")
+
+
+def _check_normalize(norm: dict, source: str, where: str) -> None:
     if norm.get("type") == "window" and (norm.get("low") is None or norm.get("high") is None):
-        raise RecipeError("a window needs low and high", source, "data.normalize")
+        raise RecipeError("a window needs low and high", source, where)
     if norm.get("low") is not None and norm.get("high") is not None and norm["low"] >= norm["high"]:
-        raise RecipeError("low must be below high", source, "data.normalize")
+        raise RecipeError("low must be below high", source, where)
     if norm.get("type", "percentile") in ("percentile", "scale"):
         for key in ("low", "high"):
             if norm.get(key) is not None and not 0 <= norm[key] <= 100:
-                raise RecipeError(f"a percentage between 0 and 100, got {norm[key]}", source,
-                                  f"data.normalize.{key}")
+                raise RecipeError(f"a percentage between 0 and 100, got {norm[key]}", source, f"{where}.{key}")
 
 
 def check_parts_against_registry(data: dict, source: str, registry) -> None:

@@ -23,6 +23,7 @@ from toolbox.data.normalize import Normalizer, data_range, describe_range, fit_n
 from toolbox.data.readers import read_image
 from toolbox.data.volumes import Volume, expand_inputs, formats_of, read_volume, squeeze_spacing, squeeze_spatial
 from toolbox.errors import ToolboxError
+from toolbox.recipe import train_sources
 from toolbox.noise_level import measured_level, rms_difference, with_level_channel
 
 
@@ -250,8 +251,11 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
     noisy_train, noisy_val = None, None
     if paired.get("train_noisy"):
         noisy_train, clean_train = _read_paired(paired, "train", data, reader, formats)
-    else:
-        clean_train = [_load(p, data, reader, formats) for p in expand_inputs(data["train"], formats)]
+        train_specs = [norm_spec] * len(clean_train)
+    else:  # each entry of data.train with its normalisation (toolbox.recipe.train_sources)
+        sourced = [(path, spec) for paths, spec in train_sources(data) for path in expand_inputs(paths, formats)]
+        clean_train = [_load(path, data, reader, formats) for path, _ in sourced]
+        train_specs = [spec for _, spec in sourced]
     if paired.get("val_noisy"):
         noisy_val, clean_val = _read_paired(paired, "val", data, reader, formats)
     else:  # held-out clean images, given synthetic noise
@@ -259,7 +263,9 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
                      if data.get("val") else [])
 
     if noise is not None and is_whole_image(noise) and noisy_train is None:
-        noisy_train, clean_train = _whole_image_copies(noise, clean_train, int(data["noise_copies"]), seed)
+        copies = int(data["noise_copies"])
+        noisy_train, clean_train = _whole_image_copies(noise, clean_train, copies, seed)
+        train_specs = [spec for spec in train_specs for _ in range(copies)]
     train_arrays, train_noisy, normalizers = [], ([] if noisy_train is not None else None), []
     if data["frame_pairs"]:  # Noise2Noise on a time series: frame t in, frame t + 1 as the target
         train_arrays, train_noisy, normalizers = _frame_pairs(clean_train, norm_spec, dims)
@@ -267,7 +273,7 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
     for index, loaded in enumerate(clean_train):
         # Paired data: normalise both with the noisy image's statistics, as at inference.
         reference = noisy_train[index].array if noisy_train is not None else loaded.array
-        normalizer = fit_normalizer(norm_spec, reference)
+        normalizer = fit_normalizer(train_specs[index], reference)
         images = _training_images(loaded, dims, context)
         train_arrays.extend(normalizer.forward(a).astype(np.float32) for a in images)
         normalizers.extend(normalizer for _ in images)
@@ -284,7 +290,9 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
     if data.get("reference_noise"):  # each clean image's own noise, as the estimate in use would read it
         from toolbox.infer import estimated_sigma
 
-        reference_levels = [estimated_sigma(a, data.get("noise")) for a in train_arrays]
+        from toolbox.noise_estimation import level_noise_spec
+
+        reference_levels = [estimated_sigma(a, level_noise_spec(data)) for a in train_arrays]
     train = PatchDataset(train_arrays, data["patch_size"], seed, noise, train_noisy, data["augment"],
                          context=context, normalizers=normalizers, noisy_target=data["target"] == "noisy_copy",
                          noise_level_map=data["noise_level_map"], reference_levels=reference_levels,
