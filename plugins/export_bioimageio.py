@@ -282,9 +282,10 @@ The input is the image in its own units.  Pre-processing normalises it (a fixed 
 CT, kept exact by a linear map both ways; otherwise the image's low and high percentiles),
 and a noise-conditional network measures each input's noise level itself (the median
 absolute finest Daubechies-2 diagonal detail, as `toolbox denoise` measures it for
-Gaussian noise; for a model trained on photon noise `toolbox denoise` fits the
-signal-dependent noise and gives its RMS, which is 18-20 % higher on photon noise, and this
-package does not: it denoises such images a little less), so no extra input is needed.  Weights: TorchScript and ONNX (for deepImageJ and other hosts), and
+Gaussian noise), so no extra input is needed.  For a model trained on photon noise
+`toolbox denoise` gives instead the RMS of the signal-dependent noise it fits, 18-20 %
+higher; this package does not, and denoises such images a little less.  Weights:
+TorchScript and ONNX (for deepImageJ and other hosts), and
 the state dict (rebuilt by `toolbox_plugins.export_bioimageio.bioimageio_network` with the
 `denoise-toolbox` package).  Exported and checked with `toolbox export --format bioimageio`.
 """

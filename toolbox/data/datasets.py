@@ -288,9 +288,7 @@ def build_data(recipe: dict, registry, source: str = "recipe") -> DataBundle:
                            "against its clean image; give clean images with a noise model, or paired data")
     reference_levels = None
     if data.get("reference_noise"):  # each clean image's own noise, as the estimate in use would read it
-        from toolbox.infer import estimated_sigma
-
-        from toolbox.noise_estimation import level_noise_spec
+        from toolbox.noise_estimation import estimated_sigma, level_noise_spec
 
         reference_levels = [estimated_sigma(a, level_noise_spec(data)) for a in train_arrays]
     train = PatchDataset(train_arrays, data["patch_size"], seed, noise, train_noisy, data["augment"],
